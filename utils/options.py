@@ -1,0 +1,188 @@
+"""Every command-line option, defined once and shared by train.py and test.py, and config.json I/O.
+
+Option names are the original MU-Diff ones. Defaults are the README training configuration (the one the published
+weights were trained with), so a bare `python train.py` trains the paper's model; the original's defaults
+(image size 32, 3 channels, 128 base channels, no channel multiplier) could not run on MRI slices at all.
+"""
+import argparse
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+from utils.errors import UserError
+from utils.fileio import save_json
+
+# Options that fix the networks' shapes and the diffusion process: a checkpoint is only usable with the same values,
+# so test.py takes them from the experiment's config.json.
+MODEL_KEYS = (
+    "image_size", "num_channels", "centered", "num_channels_dae", "n_mlp", "ch_mult", "num_res_blocks",
+    "attn_resolutions", "dropout", "resamp_with_conv", "conditional", "fir", "fir_kernel", "skip_rescale",
+    "resblock_type", "progressive", "progressive_input", "progressive_combine", "embedding_type", "fourier_scale",
+    "not_use_tanh", "nz", "z_emb_dim", "t_emb_dim", "ngf",
+)
+DIFFUSION_KEYS = ("num_timesteps", "beta_min", "beta_max", "use_geometric")
+DATA_KEYS = ("dataset", "target", "contrasts")
+CONFIG_NAME = "config.json"
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Generator and critic architecture (original names; defaults = README configuration)."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--image_size", type=int, default=256, help="slice size the networks are built for")
+    g.add_argument("--num_channels", type=int, default=1, help="image channels (MRI slices: 1)")
+    g.add_argument("--centered", action="store_false", default=True, help="data already in [-1, 1]")
+    g.add_argument("--num_channels_dae", type=int, default=64, help="base channel width of the generators")
+    g.add_argument("--n_mlp", type=int, default=3, help="depth of the latent z mapping")
+    g.add_argument("--ch_mult", nargs="+", type=int, default=[1, 2, 4], help="channel multiplier per level")
+    g.add_argument("--num_res_blocks", type=int, default=2, help="residual blocks per level")
+    g.add_argument("--attn_resolutions", nargs="+", type=int, default=[16],
+                   help="resolutions with self-attention (the mid-block always has one)")
+    g.add_argument("--dropout", type=float, default=0.0, help="dropout in the residual blocks")
+    g.add_argument("--resamp_with_conv", action="store_false", default=True, help="resample with convolutions")
+    g.add_argument("--conditional", action="store_false", default=True, help="condition on the timestep")
+    g.add_argument("--fir", action="store_false", default=True, help="FIR up/down-sampling")
+    g.add_argument("--fir_kernel", nargs="+", type=int, default=[1, 3, 3, 1], help="FIR kernel")
+    g.add_argument("--skip_rescale", action="store_false", default=True, help="divide skip sums by sqrt(2)")
+    g.add_argument("--resblock_type", default="biggan", choices=["biggan"], help="residual block type")
+    g.add_argument("--progressive", default="none", choices=["none", "output_skip", "residual"],
+                   help="progressive output path")
+    g.add_argument("--progressive_input", default="residual", choices=["none", "input_skip", "residual"],
+                   help="progressive input pyramid")
+    g.add_argument("--progressive_combine", default="sum", choices=["sum", "cat"],
+                   help="how the pyramid joins the features")
+    g.add_argument("--embedding_type", default="positional", choices=["positional", "fourier"],
+                   help="timestep embedding")
+    g.add_argument("--fourier_scale", type=float, default=16.0, help="scale of the fourier embedding")
+    g.add_argument("--not_use_tanh", action="store_true", default=False, help="no tanh at the generator output")
+    g.add_argument("--nz", type=int, default=100, help="latent z size")
+    g.add_argument("--z_emb_dim", type=int, default=256, help="width of the z embedding")
+    g.add_argument("--t_emb_dim", type=int, default=256, help="critic timestep embedding width")
+    g.add_argument("--ngf", type=int, default=64, help="critic base width")
+
+
+def add_diffusion_args(parser: argparse.ArgumentParser) -> None:
+    """The diffusion schedule."""
+    g = parser.add_argument_group("diffusion")
+    g.add_argument("--num_timesteps", type=int, default=4, help="diffusion steps T")
+    g.add_argument("--beta_min", type=float, default=0.1, help="VP schedule beta_min")
+    g.add_argument("--beta_max", type=float, default=20.0, help="VP schedule beta_max")
+    g.add_argument("--use_geometric", action="store_true", default=False, help="geometric instead of VP schedule")
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """Where the preprocessed slices are and which contrast is synthesised from which."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--input_path", default="data/BRATS",
+                   help="folder with train/ val/ test/ sub-folders of <CONTRAST>.npy (from pre_process.py)")
+    g.add_argument("--dataset", default="brats", choices=["brats", "isles"], help="contrast preset family")
+    g.add_argument("--target", default=None,
+                   help="contrast to synthesise; picks the README order for that dataset (BraTS default T1ce, "
+                        "ISLES default FLAIR)")
+    g.add_argument("--contrasts", nargs=4, default=None, metavar=("COND1", "COND2", "COND3", "TARGET"),
+                   help="any other order: three conditioning contrasts, then the target")
+    g.add_argument("--num_workers", type=int, default=2, help="data-loader worker processes")
+
+
+def add_run_args(parser: argparse.ArgumentParser, batch_help: str) -> None:
+    """Experiment folder, device, seed and batch size."""
+    g = parser.add_argument_group("run")
+    g.add_argument("--exp", default="exp_brats", help="experiment name: outputs go to OUTPUT_PATH/EXP")
+    g.add_argument("--output_path", default="results", help="folder that holds the experiment folders")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--seed", type=int, default=1024, help="random seed")
+    g.add_argument("--batch_size", type=int, default=3, help=batch_help)
+
+
+def add_training_args(parser: argparse.ArgumentParser) -> None:
+    """Optimisation, losses, checkpoints and the original's process flags."""
+    g = parser.add_argument_group("training")
+    g.add_argument("--resume", action="store_true", default=False, help="continue from EXP/content.pth")
+    g.add_argument("--num_epoch", type=int, default=30, help="epochs")
+    g.add_argument("--lr_g", type=float, default=1.6e-4, help="generator learning rate")
+    g.add_argument("--lr_d", type=float, default=1e-4, help="critic learning rate")
+    g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
+    g.add_argument("--beta2", type=float, default=0.9, help="Adam beta2")
+    g.add_argument("--no_lr_decay", action="store_true", default=False, help="keep the learning rates constant")
+    g.add_argument("--use_ema", action="store_true", default=False, help="keep an EMA of the generator weights")
+    g.add_argument("--ema_decay", type=float, default=0.999, help="EMA decay (only with --use_ema)")
+    g.add_argument("--r1_gamma", type=float, default=1.0, help="R1 penalty weight")
+    g.add_argument("--lazy_reg", type=int, default=10, help="apply R1 every this many steps")
+    g.add_argument("--save_content", action="store_true", default=True, help="save content.pth (always on)")
+    g.add_argument("--save_content_every", type=int, default=1, help="save content.pth every N epochs")
+    g.add_argument("--save_ckpt_every", type=int, default=10, help="save generator checkpoints every N epochs")
+    g.add_argument("--lambda_l1_loss", type=float, default=0.5, help="weight of the L1 terms")
+    g.add_argument("--lambda_mask_loss", type=float, default=0.1, help="weight of the mutual mask loss")
+    g.add_argument("--lambda_adv", type=float, default=1.0, help="weight of the adversarial terms")
+    g.add_argument("--dry_run", action="store_true", default=False,
+                   help="build everything, check the data, print the plan and stop")
+    d = parser.add_argument_group("processes (original flags; torchrun's environment takes precedence)")
+    d.add_argument("--num_proc_node", type=int, default=1, help="nodes")
+    d.add_argument("--num_process_per_node", type=int, default=1, help="processes (GPUs) per node")
+    d.add_argument("--node_rank", type=int, default=0, help="this node's index")
+    d.add_argument("--local_rank", type=int, default=0, help="set by the launcher")
+    d.add_argument("--master_address", default="127.0.0.1", help="address of rank 0")
+    d.add_argument("--port_num", default="6021", help="port of rank 0")
+    d.add_argument("--contrast1", default="T1", help="accepted for compatibility; use --target/--contrasts")
+    d.add_argument("--contrast2", default="T2", help="accepted for compatibility; use --target/--contrasts")
+
+
+def add_compat_test_args(parser: argparse.ArgumentParser) -> None:
+    """Flags the original test.py took but never used; accepted so its README command runs unchanged."""
+    g = parser.add_argument_group("accepted for compatibility (no effect)")
+    g.add_argument("--compute_fid", action="store_true", default=False, help=argparse.SUPPRESS)
+    g.add_argument("--source", default="T2", help=argparse.SUPPRESS)
+    g.add_argument("--lr_g", type=float, default=1.6e-4, help=argparse.SUPPRESS)
+    g.add_argument("--beta1", type=float, default=0.5, help=argparse.SUPPRESS)
+    g.add_argument("--beta2", type=float, default=0.9, help=argparse.SUPPRESS)
+
+
+def experiment_dir(args: argparse.Namespace) -> Path:
+    """OUTPUT_PATH/EXP."""
+    return Path(args.output_path) / args.exp
+
+
+def _jsonable(value: Any) -> Any:
+    """Turn tuples and paths into JSON types."""
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def save_config(args: argparse.Namespace, folder: str | os.PathLike, **extra: Any) -> Path:
+    """Write every option (and `extra`, e.g. the resolved contrast order) to FOLDER/config.json."""
+    config = {k: _jsonable(v) for k, v in vars(args).items()}
+    config.update({k: _jsonable(v) for k, v in extra.items()})
+    path = Path(folder) / CONFIG_NAME
+    save_json(config, path)
+    return path
+
+
+def load_config(folder: str | os.PathLike) -> dict | None:
+    """Read FOLDER/config.json, or None when there is none."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err}); delete it or restore it from the training run") from err
+
+
+def apply_config(args: argparse.Namespace, config: dict, parser: argparse.ArgumentParser,
+                 keys: Iterable[str] = MODEL_KEYS + DIFFUSION_KEYS) -> list[str]:
+    """Take `keys` from a training run's config; return the options a user set differently (config wins)."""
+    overridden = []
+    for key in keys:
+        if key not in config:
+            continue
+        given, stored = getattr(args, key, None), config[key]
+        if given != stored and given != parser.get_default(key):
+            overridden.append(f"--{key} {given!r} -> {stored!r}")
+        setattr(args, key, stored)
+    if overridden:
+        warnings.warn("config.json of the experiment overrides: " + ", ".join(overridden), stacklevel=2)
+    return overridden
