@@ -111,6 +111,7 @@ def test_paper_protocol_matches_step_by_step_reference() -> None:
     mask[4:6, 6:9] = 1  # rows 4..5 (height 2), columns 6..8 (width 3)
 
     def normalise(x: np.ndarray) -> np.ndarray:
+        """Step 1 by hand: percentile clip over the non-zero pixels, then min–max."""
         low, high = np.percentile(x[x > 0], [1, 99])
         clipped = np.clip(x, low, high)
         return (clipped - clipped.min()) / (clipped.max() - clipped.min())

@@ -8,8 +8,8 @@ Grayscale conversion follows what the original evaluation got from OpenCV's `cv2
 """
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError

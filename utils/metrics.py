@@ -21,9 +21,10 @@ left out of the mean and counted separately, so one perfect slice does not make 
 """
 import math
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -195,7 +196,7 @@ class Summary:
 
 
 def summarize_values(values: Iterable[float]) -> Summary:
-    """nanmean ± nanstd of the finite values; NaN (empty mask) and ±inf (identical images) are counted, not averaged."""
+    """nanmean ± nanstd of the finite values; NaN (empty mask) and inf (identical images) are counted, not averaged."""
     array = np.asarray(list(values), dtype=np.float64)
     finite = array[np.isfinite(array)]
     n_nan = int(np.isnan(array).sum())
