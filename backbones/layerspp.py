@@ -91,6 +91,7 @@ class Upsample(nn.Module):
                 return self.Conv2d_0(x)
             return fir_ops.upsample_2d(x, self.fir_kernel, factor=2)
         _, _, height, width = x.shape
+        # Departure: the original passed 'nearest' positionally (as scale_factor) and crashed; same intended op.
         h = F.interpolate(x, (height * 2, width * 2), mode="nearest")
         return self.Conv_0(h) if self.with_conv else h
 

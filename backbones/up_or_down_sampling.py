@@ -82,8 +82,9 @@ def upsample_conv_2d(x: torch.Tensor, w: torch.Tensor, k: Sequence[float], facto
     conv_w = w.shape[-1]
     kernel = setup_kernel(k, x.dtype, x.device) * (gain * factor ** 2)
     p = (kernel.shape[0] - factor) - (conv_w - 1)
-    # Departure: the original flipped w with a negative-step slice, which torch rejects (ValueError), so every
-    # upsampling FIR convolution (e.g. --progressive residual) crashed. torch.flip is the working equivalent.
+    # Departure: the original flipped w with a negative-step slice, which torch rejects (ValueError), and passed a
+    # TF-style 4-element stride, so every upsampling FIR convolution (--progressive residual) crashed. torch.flip
+    # and stride=factor are the working equivalents: the result is a zero-insert upsample, FIR blur and 3x3 conv.
     transposed_w = torch.flip(w, [2, 3]).transpose(0, 1).contiguous()
     x = F.conv_transpose2d(x, transposed_w, stride=factor, padding=0)
     return upfirdn2d(x, kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
