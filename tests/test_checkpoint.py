@@ -261,3 +261,22 @@ def test_small_reference_states_round_trip(small_ref: dict, tmp_path: Path) -> N
         back = strip_module_prefix(read_checkpoint(path))
         assert list(back) == list(state)
         assert all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_published_style_generator_file_loads_into_the_network(small_ref: dict, tmp_path: Path) -> None:
+    """A DDP-style gen_diffusive_1.pth loads into NCSNpp exactly; a differently configured NCSNpp is refused."""
+    from backbones import NCSNpp
+
+    config = argparse.Namespace(**small_ref["config"])
+    path = tmp_path / "gen_diffusive_1.pth"
+    save_checkpoint(OrderedDict((f"module.{k}", v) for k, v in small_ref["gen1_state"].items()), path)
+    gen1 = load_state(NCSNpp(config), path, "generator 1")
+    for key, value in gen1.state_dict().items():
+        assert torch.equal(value, small_ref["gen1_state"][key]), key
+
+    other = argparse.Namespace(**{**vars(config), "ch_mult": [1, 1, 1]})
+    with pytest.raises(CheckpointError) as err:
+        load_state(NCSNpp(other), path, "generator 1")
+    message = str(err.value)
+    assert str(path) in message and "missing keys" in message and "--ch_mult" in message
+    assert "\n" not in message
