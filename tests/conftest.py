@@ -38,3 +38,71 @@ def schedule_ref(reference_dir: Path) -> dict:
     if not path.exists():
         pytest.skip(f"{path} not found")
     return torch.load(path, weights_only=True)
+
+
+# --- Tiny trained-looking experiments for the inference tests (test.py, NIfTI mode, the demo notebook) ---------
+TINY_MODEL_ARGS = ("--image_size", "64", "--ch_mult", "1", "1", "--num_res_blocks", "1", "--num_channels_dae", "32",
+                   "--z_emb_dim", "32", "--attn_resolutions", "16", "--t_emb_dim", "32", "--ngf", "4",
+                   "--num_timesteps", "2")
+TINY_CONTRASTS = ("FLAIR", "T2", "T1", "T1ce")
+
+
+def _perturb(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Add seeded noise to every weight: fresh generators output ~1e-5 (zero-scaled layers), trained ones do not."""
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+
+
+def save_tiny_experiment(exp_dir: Path, seed: int = 0, epochs: tuple[int, ...] = (), ddp_prefix: bool = False,
+                         with_content: bool = True, with_config: bool = True) -> dict:
+    """Write a tiny randomly initialised (perturbed) experiment as train.py lays it out; return the states.
+
+    Files: gen_diffusive_{1,2}.pth (seed), gen_diffusive_{1,2}_{E}.pth (seed + E) for each E in `epochs`,
+    content.pth with the critic and attention projection, config.json. `ddp_prefix` stores keys as the published
+    DDP files do (`module.`).
+    """
+    from backbones import build_critic, build_generators
+    from utils.inference import make_parser
+    from utils.options import save_config
+
+    args = make_parser().parse_args(list(TINY_MODEL_ARGS) + ["--contrasts", *TINY_CONTRASTS])
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    states = {}
+    for suffix, weight_seed in [("", seed)] + [(f"_{e}", seed + e) for e in epochs]:
+        rng = torch.Generator().manual_seed(weight_seed)
+        torch.manual_seed(weight_seed)
+        for index, net in enumerate(build_generators(args), start=1):
+            _perturb(net, rng)
+            state = {("module." if ddp_prefix else "") + k: v for k, v in net.state_dict().items()}
+            torch.save(state, exp_dir / f"gen_diffusive_{index}{suffix}.pth")
+            states[f"gen_diffusive_{index}{suffix}"] = state
+    if with_content:
+        critic, att_proj = build_critic(args)
+        _perturb(critic, torch.Generator().manual_seed(seed + 1000))
+        torch.save({"epoch": 1, "disc_diffusive_2_dict": critic.state_dict(),
+                    "att_conv_dict": att_proj.state_dict()}, exp_dir / "content.pth")
+    if with_config:
+        save_config(args, exp_dir, contrast_order=list(TINY_CONTRASTS))
+    return states
+
+
+def save_tiny_slices(root: Path, count: int = 5, height: int = 60, width: int = 52, seed: int = 0) -> Path:
+    """Write a preprocessed test split (<root>/test/<CONTRAST>.npy, masks, manifest.csv) of non-square slices."""
+    import numpy as np
+
+    folder = root / "test"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    brain = ((yy - height / 2) / (0.4 * height)) ** 2 + ((xx - width / 2) / (0.4 * width)) ** 2 < 1
+    for name in TINY_CONTRASTS:
+        slices = rng.random((count, height, width)).astype(np.float32) * brain
+        np.save(folder / f"{name}.npy", slices)
+    np.save(folder / "brain_mask.npy", np.repeat(brain[None], count, 0).astype(np.uint8))
+    lesion = np.zeros((count, height, width), np.uint8)
+    lesion[:, height // 3:height // 2, width // 4:width // 2] = 1
+    np.save(folder / "lesion_mask.npy", lesion)
+    rows = "".join(f"{i},case{i // 3:03d},{40 + i % 3}\n" for i in range(count))
+    (folder / "manifest.csv").write_text("index,case_id,slice_index\n" + rows)
+    return root
