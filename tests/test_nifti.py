@@ -1,0 +1,158 @@
+"""Whole-volume NIfTI mode: geometry and header round trip, brain-only output, case folders, errors."""
+import importlib.util
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import ROOT, save_tiny_experiment
+from utils.errors import UserError, run_cli
+from utils.nifti import find_case_files, model_slices_to_volume, volume_to_model_slices
+from utils.preprocessing import normalize_volume
+
+SHAPE = (50, 44, 10)
+BRAIN_SLICES = range(3, 8)
+HEADER_FIELDS = ("dim", "pixdim", "qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x",
+                 "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units", "descrip", "intent_code")
+
+
+def _load_test_script():
+    """test.py as a module (by path: `import test` could pick up Python's own test package)."""
+    spec = importlib.util.spec_from_file_location("mudiff_test_script_nifti", ROOT / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+test_script = _load_test_script()
+
+
+def _affine() -> np.ndarray:
+    """An oblique, anisotropic, shifted voxel-to-world matrix (so a lost affine is noticed)."""
+    angle = np.deg2rad(12)
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([1.2, 1.1, 2.5])
+    affine[:3, 3] = [-30.5, 12.25, -7.0]
+    return affine
+
+
+def brain_region() -> np.ndarray:
+    """An ellipsoid of 'brain' that spans only BRAIN_SLICES."""
+    x, y, z = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
+    return (((x - 25) / 18) ** 2 + ((y - 21) / 15) ** 2 + ((z - 5) / 2.6) ** 2) < 1
+
+
+def write_case(folder: Path, case: str = "BraTS19_TEST_001") -> dict[str, Path]:
+    """Four int16 volumes with scaling, a real affine and header fields, BraTS naming; return contrast -> path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    brain = brain_region()
+    paths = {}
+    for i, name in enumerate(("flair", "t2", "t1", "t1ce")):
+        data = ((rng.random(SHAPE) * 800 + 200 * (i + 1)) * brain).astype(np.int16)
+        image = nib.Nifti1Image(data, _affine())
+        image.header.set_qform(_affine(), code=1)
+        image.header.set_sform(_affine(), code=2)
+        image.header["descrip"] = b"phantom for the NIfTI test"
+        image.header.set_xyzt_units("mm", "sec")
+        image.header.set_slope_inter(0.5, 0.0)
+        paths[name] = folder / f"{case}_{name}.nii.gz"
+        nib.save(image, paths[name])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def volume_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One whole-volume synthesis with --cond1/2/3, --out and --save_uncertainty."""
+    root = tmp_path_factory.mktemp("nifti")
+    save_tiny_experiment(root / "results" / "exp_brats")
+    paths = write_case(root / "case")
+    out = root / "synth" / "case_t1ce.nii.gz"
+    test_script.main(["--nifti", "--cond1", str(paths["flair"]), "--cond2", str(paths["t2"]), "--cond3",
+                      str(paths["t1"]), "--out", str(out), "--exp", "exp_brats", "--output_path",
+                      str(root / "results"), "--batch_size", "3", "--save_uncertainty"])
+    return {"root": root, "paths": paths, "out": out}
+
+
+def test_output_keeps_shape_affine_and_header(volume_run: dict) -> None:
+    """The synthesised volume has the input's shape, affine and header; only the data type becomes float32."""
+    reference = nib.load(volume_run["paths"]["flair"])
+    output = nib.load(volume_run["out"])
+    assert output.shape == reference.shape
+    np.testing.assert_allclose(output.affine, reference.affine, atol=1e-6)
+    for field in HEADER_FIELDS:
+        np.testing.assert_array_equal(output.header[field], reference.header[field], err_msg=field)
+    assert output.get_data_dtype() == np.float32
+
+
+def test_output_is_brain_only_in_unit_range(volume_run: dict) -> None:
+    """Values in [0, 1], zero outside the brain and on slices without brain, and a real synthesis inside it."""
+    data = nib.load(volume_run["out"]).get_fdata()
+    brain = brain_region()
+    assert data.min() >= 0 and data.max() <= 1
+    assert np.all(data[~brain] == 0)
+    assert np.count_nonzero(data[brain]) > 0.9 * brain.sum()
+    assert data[brain].std() > 1e-3
+
+
+def test_uncertainty_volumes_beside_the_output(volume_run: dict) -> None:
+    """--save_uncertainty writes <out>_disagreement and <out>_critic with the same geometry."""
+    for tag in ("disagreement", "critic"):
+        path = volume_run["out"].with_name(f"case_t1ce_{tag}.nii.gz")
+        image = nib.load(path)
+        assert image.shape == SHAPE
+        np.testing.assert_allclose(image.affine, _affine(), atol=1e-6)
+        assert np.all(image.get_fdata()[~brain_region()] == 0)
+    assert not list(volume_run["out"].parent.glob(".*")), "temporary files left behind"
+
+
+def test_case_folder_and_default_output(volume_run: dict) -> None:
+    """--case finds <case>_<contrast>.nii.gz files and writes EXP/generated_volumes/<case>_<target>.nii."""
+    root = volume_run["root"]
+    test_script.main(["--case", str(root / "case"), "--exp", "exp_brats", "--output_path", str(root / "results"),
+                      "--batch_size", "5", "--seed", "3"])
+    out = root / "results" / "exp_brats" / "generated_volumes" / "case_t1ce.nii.gz"
+    assert nib.load(out).shape == SHAPE
+
+
+def test_find_case_files_is_case_insensitive_and_strict(tmp_path: Path) -> None:
+    """Contrast names match any capitalisation; a missing contrast is a one-line error."""
+    for name in ("Case_FLAIR.nii.gz", "Case_t1.nii", "Case_T1ce.nii.gz", "Case_seg.nii.gz"):
+        (tmp_path / name).touch()
+    found = find_case_files(tmp_path, ["FLAIR", "T1", "T1ce"])
+    assert {k: v.name for k, v in found.items()} == {"FLAIR": "Case_FLAIR.nii.gz", "T1": "Case_t1.nii",
+                                                     "T1ce": "Case_T1ce.nii.gz"}
+    with pytest.raises(UserError, match="no file for contrast T2"):
+        find_case_files(tmp_path, ["T2"])
+
+
+def test_slice_geometry_round_trip() -> None:
+    """Preprocessing to model space and back returns the normalised volume (exact without resizing)."""
+    rng = np.random.default_rng(0)
+    volume = rng.random((64, 64, 4)) * 100
+    slices = [0, 2, 3]
+    back = model_slices_to_volume(volume_to_model_slices(volume, slices, 64), slices, volume.shape, 64)
+    expected = normalize_volume(volume)
+    np.testing.assert_allclose(back[:, :, slices], expected[:, :, slices], atol=1e-6)
+    assert np.all(back[:, :, 1] == 0)
+    smooth = np.fromfunction(lambda x, y, z: np.sin(x / 9) + np.cos(y / 7) + 3, (60, 52, 2))
+    back = model_slices_to_volume(volume_to_model_slices(smooth, [0, 1], 64), [0, 1], smooth.shape, 64)
+    assert np.abs(back - normalize_volume(smooth)).mean() < 0.02
+
+
+def test_input_errors_are_one_line(volume_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Volumes of different shapes, or too few conditions, exit with one `error:` line."""
+    paths = volume_run["paths"]
+    small = nib.Nifti1Image(np.ones((10, 10, 10), np.float32), np.eye(4))
+    nib.save(small, tmp_path / "small.nii.gz")
+    common = ["--exp", "exp_brats", "--output_path", str(volume_run["root"] / "results"), "--out",
+              str(tmp_path / "x.nii.gz")]
+    for argv in (["--cond1", str(paths["flair"]), "--cond2", str(paths["t2"]), "--cond3",
+                  str(tmp_path / "small.nii.gz")],
+                 ["--nifti", "--cond1", str(paths["flair"])]):
+        assert run_cli(test_script.main, argv + common) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error:")
+    assert not (tmp_path / "x.nii.gz").exists()
