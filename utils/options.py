@@ -128,6 +128,15 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--contrast2", default="T2", help="accepted for compatibility; use --target/--contrasts")
 
 
+def add_train_control_args(parser: argparse.ArgumentParser) -> None:
+    """Training-run controls that the original did not have (time-limited jobs, reusing an experiment folder)."""
+    g = parser.add_argument_group("run control")
+    g.add_argument("--stop_after_epochs", type=int, default=None, metavar="N",
+                   help="train at most N epochs in this invocation, save, and stop (continue later with --resume)")
+    g.add_argument("--overwrite", action="store_true", default=False,
+                   help="start a new run in an experiment folder that already holds one (its files are replaced)")
+
+
 def add_compat_test_args(parser: argparse.ArgumentParser) -> None:
     """Flags the original test.py took but never used; accepted so its README command runs unchanged."""
     g = parser.add_argument_group("accepted for compatibility (no effect)")
