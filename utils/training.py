@@ -1,0 +1,299 @@
+"""The pieces of MU-Diff's training loop: the critic step, the generator step, validation and the CSV logs.
+
+Each step computes what the original's `train_mudiff` computed, term for term and with the random numbers drawn in
+the same order (t, the (x_t, x_{t+1}) pair, z, then one posterior noise per generator), so a seed reproduces a run.
+One deliberate difference: in the critic step the generators run without autograd. The original back-propagated the
+critic loss into both generators too; those gradients were discarded (zeroed before the generator step), so the
+update is the same and only the wasted backward pass is gone (tests/test_train.py checks the equality).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from argparse import Namespace
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.diffusion import (Diffusion_Coefficients, Posterior_Coefficients, q_sample_pairs, sample_from_model,
+                             sample_posterior)
+from utils.distributed import all_reduce_sum, average_gradients
+from utils.ema import EMA
+from utils.fileio import save_text
+from utils.metrics import plain_metrics
+
+LOSS_NAMES = ("errD_real", "errD_fake", "r1_penalty", "errG_adv", "errG_L1", "mask_loss", "errG")
+VAL_NAMES = ("psnr", "ssim", "l1")
+# Cosine decay floor of the original's schedulers.
+LR_ETA_MIN = 1e-5
+
+
+@dataclass
+class Networks:
+    """The two generators, the shared critic and the critic's attention projection (`att_conv`)."""
+
+    gen1: nn.Module
+    gen2: nn.Module
+    critic: nn.Module
+    att_proj: nn.Module
+
+    def named(self) -> dict[str, nn.Module]:
+        """The four networks under their checkpoint names."""
+        return {"gen_diffusive_1": self.gen1, "gen_diffusive_2": self.gen2, "disc_diffusive_2": self.critic,
+                "att_conv": self.att_proj}
+
+
+@dataclass
+class Optimisers:
+    """Adam for each generator and for the critic, their cosine schedulers, and the generators' EMAs (optional)."""
+
+    gen1: torch.optim.Optimizer
+    gen2: torch.optim.Optimizer
+    critic: torch.optim.Optimizer
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
+    ema1: EMA | None = None
+    ema2: EMA | None = None
+
+
+@dataclass
+class Batch:
+    """One batch on the training device: three conditioning contrasts and the target, each (B, 1, S, S)."""
+
+    cond1: torch.Tensor
+    cond2: torch.Tensor
+    cond3: torch.Tensor
+    target: torch.Tensor
+
+    @classmethod
+    def from_loader(cls, items: Sequence[torch.Tensor], device: torch.device) -> "Batch":
+        """Move the first four items of a loader batch (c1, c2, c3, target) to `device`."""
+        return cls(*(x.to(device, non_blocking=True) for x in items[:4]))
+
+
+@dataclass
+class Diffusion:
+    """The schedule coefficients the steps need."""
+
+    coeff: Diffusion_Coefficients
+    pos_coeff: Posterior_Coefficients
+    num_timesteps: int
+
+
+def build_optimisers(nets: Networks, args: Namespace) -> Optimisers:
+    """Adam (betas from --beta1/--beta2) and CosineAnnealingLR(T_max=num_epoch) per network, EMA if --use_ema."""
+    betas = (args.beta1, args.beta2)
+    opt_g1 = torch.optim.Adam(nets.gen1.parameters(), lr=args.lr_g, betas=betas)
+    opt_g2 = torch.optim.Adam(nets.gen2.parameters(), lr=args.lr_g, betas=betas)
+    opt_d = torch.optim.Adam(nets.critic.parameters(), lr=args.lr_d, betas=betas)
+    schedulers = {
+        name: torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.num_epoch, eta_min=LR_ETA_MIN)
+        for name, opt in (("gen_diffusive_1", opt_g1), ("gen_diffusive_2", opt_g2), ("disc_diffusive_2", opt_d))
+    }
+    ema1 = EMA(nets.gen1, args.ema_decay) if args.use_ema else None
+    ema2 = EMA(nets.gen2, args.ema_decay) if args.use_ema else None
+    return Optimisers(opt_g1, opt_g2, opt_d, schedulers, ema1, ema2)
+
+
+def r1_penalty(d_real: torch.Tensor, x_t: torch.Tensor, r1_gamma: float) -> torch.Tensor:
+    """(r1_gamma / 2) · mean over the batch of ||∂ΣD_real/∂x_t||², kept differentiable (create_graph)."""
+    grad = torch.autograd.grad(outputs=d_real.sum(), inputs=x_t, create_graph=True)[0]
+    penalty = (grad.view(grad.size(0), -1).norm(2, dim=1) ** 2).mean()
+    return r1_gamma / 2 * penalty
+
+
+def mutual_mask_loss(xp1: torch.Tensor, xp2: torch.Tensor, map1: torch.Tensor, map2: torch.Tensor) -> torch.Tensor:
+    """Each generator's posterior sample against the other's, weighted by the *other* generator's critic map."""
+    loss1 = (map2 * F.binary_cross_entropy_with_logits(xp1, torch.sigmoid(xp2), reduction="none")).mean()
+    loss2 = (map1 * F.binary_cross_entropy_with_logits(xp2, torch.sigmoid(xp1), reduction="none")).mean()
+    return loss1 + loss2
+
+
+def predict_pair(nets: Networks, batch: Batch, x_tp1: torch.Tensor, t: torch.Tensor,
+                 z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both generators' x0 predictions (channel 0); generator 2 sees generator 1's prediction as pseudo-target."""
+    x0_1 = nets.gen1(x_tp1, batch.cond1, batch.cond2, batch.cond3, t, z)[:, [0]]
+    x0_2 = nets.gen2(x_tp1, batch.cond1, batch.cond2, batch.cond3, t, z, x0_1)[:, [0]]
+    return x0_1, x0_2
+
+
+def critic_step(nets: Networks, opt: torch.optim.Optimizer, batch: Batch, diff: Diffusion, args: Namespace,
+                apply_r1: bool) -> dict[str, torch.Tensor]:
+    """One critic update: softplus losses on real pairs and on both generators' posterior samples, lazy R1."""
+    nets.critic.requires_grad_(True)
+    nets.critic.zero_grad(set_to_none=True)
+    real = batch.target
+    t = torch.randint(0, diff.num_timesteps, (real.size(0),), device=real.device)
+    x_t, x_tp1 = q_sample_pairs(diff.coeff, real, t)
+    x_t.requires_grad_(apply_r1)
+    d_real, _ = nets.critic(x_t, t, x_tp1.detach())
+    err_real = F.softplus(-d_real).mean()
+    err_real.backward(retain_graph=apply_r1)
+    penalty = torch.full((), math.nan, device=real.device)
+    if apply_r1:
+        penalty = r1_penalty(d_real, x_t, args.r1_gamma)
+        penalty.backward()
+    z = torch.randn(real.size(0), args.nz, device=real.device)
+    with torch.no_grad():
+        x0_1, x0_2 = predict_pair(nets, batch, x_tp1, t, z)
+        xp1 = sample_posterior(diff.pos_coeff, x0_1, x_tp1, t)
+        xp2 = sample_posterior(diff.pos_coeff, x0_2, x_tp1, t)
+    d_fake1, _ = nets.critic(xp1, t, x_tp1.detach())
+    d_fake2, _ = nets.critic(xp2, t, x_tp1.detach())
+    err_fake = F.softplus(d_fake1).mean() + F.softplus(d_fake2).mean()
+    err_fake.backward()
+    average_gradients(nets.critic.parameters())
+    opt.step()
+    return {"errD_real": err_real.detach(), "errD_fake": err_fake.detach(), "r1_penalty": penalty.detach()}
+
+
+def generator_step(nets: Networks, opts: Optimisers, batch: Batch, diff: Diffusion,
+                   args: Namespace) -> dict[str, torch.Tensor]:
+    """One update of both generators: adversarial + λ_L1·L1 + λ_mask·mutual mask loss, one backward pass."""
+    nets.critic.requires_grad_(False)
+    nets.gen1.zero_grad(set_to_none=True)
+    nets.gen2.zero_grad(set_to_none=True)
+    real = batch.target
+    t = torch.randint(0, diff.num_timesteps, (real.size(0),), device=real.device)
+    _, x_tp1 = q_sample_pairs(diff.coeff, real, t)
+    z = torch.randn(real.size(0), args.nz, device=real.device)
+    x0_1, x0_2 = predict_pair(nets, batch, x_tp1.detach(), t, z)
+    xp1 = sample_posterior(diff.pos_coeff, x0_1, x_tp1, t)
+    xp2 = sample_posterior(diff.pos_coeff, x0_2, x_tp1, t)
+    out1, feat1 = nets.critic(xp1, t, x_tp1.detach())
+    out2, feat2 = nets.critic(xp2, t, x_tp1.detach())
+    size = tuple(xp1.shape[-2:])
+    map1 = nets.att_proj.attention_map(feat1, size=size)
+    map2 = nets.att_proj.attention_map(feat2, size=size)
+    mask = mutual_mask_loss(xp1, xp2, map1, map2)
+    adv = F.softplus(-out1).mean() + F.softplus(-out2).mean()
+    l1 = F.l1_loss(x0_1, real) + F.l1_loss(x0_2, real)
+    err_g = args.lambda_adv * adv + (args.lambda_l1_loss * l1) + (args.lambda_mask_loss * mask)
+    err_g.backward()
+    average_gradients(list(nets.gen1.parameters()) + list(nets.gen2.parameters()))
+    opts.gen1.step()
+    opts.gen2.step()
+    for ema in (opts.ema1, opts.ema2):
+        if ema is not None:
+            ema.update()
+    return {"errG_adv": adv.detach(), "errG_L1": l1.detach(), "mask_loss": mask.detach(), "errG": err_g.detach()}
+
+
+def train_step(nets: Networks, opts: Optimisers, batch: Batch, diff: Diffusion, args: Namespace,
+               global_step: int) -> torch.Tensor:
+    """Critic step then generator step; returns the loss terms as one tensor in LOSS_NAMES order (NaN: no R1)."""
+    losses = critic_step(nets, opts.critic, batch, diff, args, apply_r1=global_step % args.lazy_reg == 0)
+    losses.update(generator_step(nets, opts, batch, diff, args))
+    return torch.stack([losses[name].float() for name in LOSS_NAMES])
+
+
+def step_schedulers(opts: Optimisers) -> None:
+    """Advance the three cosine schedules by one epoch."""
+    for scheduler in opts.schedulers.values():
+        scheduler.step()
+
+
+# --------------------------------------------------------------------------- validation
+def validation_batches(num_slices: int, batch_size: int, rank: int, world_size: int) -> list[list[int]]:
+    """This rank's share of the validation batches: batch b of the whole set goes to rank b mod world_size."""
+    batches = [list(range(i, min(i + batch_size, num_slices))) for i in range(0, num_slices, batch_size)]
+    return batches[rank::world_size]
+
+
+def to_unit_range(x: torch.Tensor) -> np.ndarray:
+    """Model-space images in [-1, 1] as a float64 numpy stack (N, H, W) in [0, 1]."""
+    return ((x[:, 0].detach().float().cpu().numpy().astype(np.float64) + 1.0) / 2.0).clip(0.0, 1.0)
+
+
+@torch.no_grad()
+def validate(nets: Networks, dataset: torch.utils.data.Dataset, batches: Iterable[Sequence[int]],
+             diff: Diffusion, args: Namespace, device: torch.device,
+             preview: int = 4) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Sample every validation slice of this rank's batches and return the whole set's mean PSNR, SSIM and L1.
+
+    Each batch's noise is seeded from --seed and the batch's first slice index, so the numbers depend neither on the
+    process count nor on training's random state (which is left untouched). Metrics are computed on [0, 1] images
+    of the full slice (data range 1); PSNR averages the finite values (identical images score inf). Also returns
+    the first `preview` slices of this rank's first batch (for the sample grid).
+    """
+    # Sums of PSNR, SSIM and L1, then the number of finite PSNRs (identical images score inf) and of slices.
+    sums = torch.zeros(5, dtype=torch.float64)
+    shown: dict[str, np.ndarray] = {}
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    for gen in (nets.gen1, nets.gen2):
+        gen.eval()
+    try:
+        for indices in batches:
+            items = [dataset[i] for i in indices]
+            batch = Batch(*(torch.stack([item[k] for item in items]).to(device) for k in range(4)))
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(args.seed + indices[0])
+                x_init = torch.randn_like(batch.target)
+                fake = sample_from_model(diff.pos_coeff, nets.gen1, batch.cond1, nets.gen2, batch.cond2,
+                                         batch.cond3, diff.num_timesteps, x_init, opt=args)
+            real01, fake01 = to_unit_range(batch.target), to_unit_range(fake)
+            for real_slice, fake_slice in zip(real01, fake01):
+                scores = plain_metrics(real_slice, fake_slice)
+                finite = math.isfinite(scores["psnr"])
+                sums += torch.tensor([scores["psnr"] if finite else 0.0, scores["ssim"], scores["mae"],
+                                      float(finite), 1.0], dtype=torch.float64)
+            if not shown:
+                shown = {"cond1": to_unit_range(batch.cond1)[:preview], "cond2": to_unit_range(batch.cond2)[:preview],
+                         "cond3": to_unit_range(batch.cond3)[:preview], "synthesis": fake01[:preview],
+                         "ground truth": real01[:preview]}
+    finally:
+        for gen in (nets.gen1, nets.gen2):
+            gen.train()
+    psnr, ssim, l1, finite, count = all_reduce_sum(sums.to(device)).cpu().tolist()
+    scores = {"psnr": psnr / finite if finite else math.inf, "ssim": ssim / count, "l1": l1 / count}
+    return scores, shown
+
+
+# --------------------------------------------------------------------------- CSV logs
+class CsvLog:
+    """Rows with fixed columns, rewritten atomically as a whole (a crash never leaves a half-written line)."""
+
+    def __init__(self, path: str | os.PathLike, columns: Sequence[str]) -> None:
+        """An empty log that will be written to `path`."""
+        self.path = Path(path)
+        self.columns = list(columns)
+        self.rows: list[dict[str, str]] = []
+
+    def append(self, **values: float | int | str) -> None:
+        """Add one row (floats in full precision, NaN as an empty cell)."""
+        self.rows.append({k: _cell(values.get(k, "")) for k in self.columns})
+
+    def load_until(self, last_epoch: int) -> None:
+        """Read the existing file (when resuming) and keep the rows of epochs up to `last_epoch`."""
+        if not self.path.exists():
+            return
+        with open(self.path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            self.rows = [{k: row.get(k) or "" for k in self.columns} for row in reader
+                         if row.get("epoch", "").isdigit() and int(row["epoch"]) <= last_epoch]
+
+    def column(self, name: str) -> list[float]:
+        """One column as floats (NaN for empty cells)."""
+        return [float(row[name]) if row[name] != "" else math.nan for row in self.rows]
+
+    def save(self) -> None:
+        """Write all rows to the file atomically."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        save_text(buffer.getvalue(), self.path)
+
+
+def _cell(value: float | int | str) -> str:
+    """CSV text for one value."""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return str(value)
