@@ -25,6 +25,7 @@ from utils.fileio import atomic_path, save_json, save_text
 from utils.images import save_png16
 from utils.inference import (OUTPUT_DIR_NAME, Experiment, configure, describe, load_experiment, make_parser,
                              seed_everything, synthesize)
+from utils.nifti import case_name, find_case_files, synthesize_volume
 from utils.options import experiment_dir
 
 # Output name -> (PNG folder, .npy stack), both relative to generated_samples/.
@@ -180,8 +181,6 @@ def _run_record(exp: Experiment, args: argparse.Namespace, names: list[str], cou
 
 def _volume_inputs(args: argparse.Namespace, contrasts: list[str]) -> tuple[list[Path], str]:
     """The three conditioning NIfTI paths (from --case or --cond1/2/3) and a case name for the output file."""
-    from utils.nifti import find_case_files, strip_nifti_suffix
-
     given = [args.cond1, args.cond2, args.cond3]
     if args.case:
         if any(given):
@@ -191,13 +190,11 @@ def _volume_inputs(args: argparse.Namespace, contrasts: list[str]) -> tuple[list
     if not all(given):
         raise UserError(f"--nifti needs --case DIR or all of --cond1/--cond2/--cond3 "
                         f"({', '.join(contrasts[:3])} NIfTI files, in that order)")
-    return [Path(p) for p in given], strip_nifti_suffix(Path(args.cond1).name)
+    return [Path(p) for p in given], case_name(Path(args.cond1))
 
 
 def run_volume(exp: Experiment, args: argparse.Namespace, paths: list[Path], case: str) -> Path:
     """Whole-volume mode: synthesise the target NIfTI for one case."""
-    from utils.nifti import synthesize_volume
-
     out = Path(args.out) if args.out else (experiment_dir(args) / "generated_volumes"
                                            / f"{case}_{exp.contrasts[3].lower()}.nii.gz")
     print("conditions: " + ", ".join(f"{c} = {p}" for c, p in zip(exp.contrasts, paths)))

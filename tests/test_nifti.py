@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT, save_tiny_experiment
 from utils.errors import UserError, run_cli
-from utils.nifti import find_case_files, model_slices_to_volume, volume_to_model_slices
+from utils.nifti import case_name, find_case_files, model_slices_to_volume, volume_to_model_slices
 from utils.preprocessing import normalize_volume
 
 SHAPE = (50, 44, 10)
@@ -126,6 +126,7 @@ def test_find_case_files_is_case_insensitive_and_strict(tmp_path: Path) -> None:
                                                      "T1ce": "Case_T1ce.nii.gz"}
     with pytest.raises(UserError, match="no file for contrast T2"):
         find_case_files(tmp_path, ["T2"])
+    assert case_name(found["T1ce"]) == "Case" and case_name(Path("brain.nii.gz")) == "brain"
 
 
 def test_slice_geometry_round_trip() -> None:

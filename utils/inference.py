@@ -157,6 +157,11 @@ def _load_critic(args: argparse.Namespace, exp_dir: Path, device: torch.device) 
     critic, att_proj = build_critic(args)
     load_state(critic, content[CRITIC_KEY], f"critic ({CRITIC_KEY} in {path})")
     load_state(att_proj, content[ATTENTION_KEY], f"attention projection ({ATTENTION_KEY} in {path})")
+    epoch = getattr(args, "epoch", None)
+    if epoch is not None and content.get("epoch") != epoch:
+        # content.pth holds only the latest critic; say so rather than silently pairing different epochs.
+        print(f"note: the critic map uses the critic of {path} (epoch {content.get('epoch', '?')}), "
+              f"not of epoch {epoch}")
     return critic.to(device).eval(), att_proj.to(device).eval(), ""
 
 
@@ -179,7 +184,11 @@ def load_experiment(args: argparse.Namespace, device: torch.device | None = None
 
 def open_experiment(exp_dir: str | Path, epoch: int | None = None, device: str = "auto", with_critic: bool = False,
                     **overrides: object) -> Experiment:
-    """Load a trained experiment folder in one call (for notebooks): defaults, then config.json, then `overrides`."""
+    """Load a trained experiment folder in one call (for notebooks).
+
+    `overrides` set options (e.g. image_size=...) for a folder without config.json, such as the published weights;
+    a config.json, when present, takes precedence over them, as in test.py.
+    """
     exp_dir = Path(exp_dir)
     parser = make_parser()
     args = parser.parse_args(["--output_path", str(exp_dir.parent), "--exp", exp_dir.name, "--device", device])

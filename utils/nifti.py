@@ -63,6 +63,14 @@ def contrast_of_file(path: Path) -> str:
     return canonical_contrast(token)
 
 
+def case_name(path: Path) -> str:
+    """The case part of a volume's name: `BraTS19_X_flair.nii.gz` -> `BraTS19_X` (the whole stem otherwise)."""
+    stem = strip_nifti_suffix(path.name)
+    match = re.fullmatch(r"(.+)[_\-.][^_\-.]+", stem)
+    known = {canonical_contrast(c).lower() for c in ("t1", "t1ce", "t2", "flair", "dwi")}
+    return match.group(1) if match and contrast_of_file(path).lower() in known else stem
+
+
 def find_case_files(case_dir: str | Path, contrasts: Sequence[str]) -> dict[str, Path]:
     """Map each contrast to its NIfTI in a case folder (`<case>_<contrast>.nii.gz`, any capitalisation)."""
     case_dir = Path(case_dir)
