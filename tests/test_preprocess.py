@@ -1,0 +1,320 @@
+"""pre_process.py on small phantom datasets in every layout: the original recipe, masks, manifest, splits, bad input."""
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from skimage.transform import resize
+
+import pre_process
+from demo import make_sample_data as phantom
+from utils.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE, DEPTH, SLICES, OUT_SIZE = 48, 24, 8, 64
+CASES = [phantom.case_name(i) for i in (1, 2, 3, 4)]
+SPLITS = {"train": CASES[:2], "val": CASES[2:3], "test": CASES[3:]}
+
+
+def _write_lists(folder: Path, splits: dict[str, list[str]]) -> Path:
+    """<split>.list files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, ids in splits.items():
+        (folder / f"{split}.list").write_text("".join(f"{i}\n" for i in ids))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def brats_root(tmp_path_factory) -> Path:
+    """Four small BraTS-layout phantom cases and their split lists."""
+    root = tmp_path_factory.mktemp("brats")
+    for i, case in enumerate(CASES):
+        phantom.make_case(case, root / "cases", size=SIZE, seed=i, depth=DEPTH)
+    _write_lists(root / "splits", SPLITS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def brats_out(brats_root: Path) -> Path:
+    """The BraTS phantom preprocessed in-process."""
+    out = brats_root / "out"
+    pre_process.main(["--layout", "brats", "--input", str(brats_root / "cases"), "--split-file",
+                      str(brats_root / "splits"), "--output", str(out), "--slices", str(SLICES), "--size",
+                      str(OUT_SIZE)])
+    return out
+
+
+def _run(cases: Path, out: Path, splits: Path, *extra: str) -> dict:
+    """pre_process.main on a BraTS-layout folder."""
+    return pre_process.main(["--layout", "brats", "--input", str(cases), "--split-file", str(splits), "--output",
+                             str(out), "--slices", str(SLICES), "--size", str(OUT_SIZE), *extra])
+
+
+def _manifest(path: Path) -> list[tuple[int, str, int]]:
+    """Rows of a manifest.csv."""
+    with open(path, newline="") as fh:
+        return [(int(r["index"]), r["case_id"], int(r["slice_index"])) for r in csv.DictReader(fh)]
+
+
+def _recipe(path: Path) -> np.ndarray:
+    """The original recipe written out independently: percentile clip, min-max, middle slices, skimage resize."""
+    vol = nib.load(str(path)).get_fdata()
+    low, high = np.percentile(vol[vol > 0], [1, 99])
+    vol = np.clip(vol, low, high)
+    vol = (vol - vol.min()) / (vol.max() - vol.min())
+    start = (vol.shape[2] - SLICES) // 2
+    slices = [resize(vol[:, :, k], (OUT_SIZE, OUT_SIZE), mode="constant", anti_aliasing=True)
+              for k in range(start, start + SLICES)]
+    return np.stack(slices).astype(np.float32)
+
+
+def _files(folder: Path) -> list[str]:
+    """Every file below a folder (temporaries included), relative names."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def _copy_cases(src: Path, dst: Path) -> Path:
+    """A private copy of the phantom cases to damage."""
+    shutil.copytree(src / "cases", dst / "cases")
+    return dst / "cases"
+
+
+def _nifti(path: Path, data: np.ndarray) -> None:
+    """Replace a NIfTI file's voxels."""
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+
+
+# ------------------------------------------------------------------------------------------------ layouts
+
+def test_brats_output_follows_the_original_recipe(brats_root: Path, brats_out: Path) -> None:
+    """Every split: float32 (cases*slices, S, S) in [0, 1]; rows equal the recipe computed independently."""
+    for split, ids in SPLITS.items():
+        arrays = {c: np.load(brats_out / split / f"{c}.npy") for c in ("T1", "T1ce", "T2", "FLAIR")}
+        for arr in arrays.values():
+            assert arr.dtype == np.float32 and arr.shape == (len(ids) * SLICES, OUT_SIZE, OUT_SIZE)
+            assert arr.min() == 0.0 and arr.max() <= 1.0 and arr.max() > 0.9
+        for pos, case in enumerate(ids):
+            rows = slice(pos * SLICES, (pos + 1) * SLICES)
+            expected = _recipe(brats_root / "cases" / case / f"{case}_flair.nii.gz")
+            np.testing.assert_array_equal(arrays["FLAIR"][rows], expected)
+
+
+def test_manifest_and_split_membership(brats_out: Path) -> None:
+    """manifest.csv traces each row to its case and axial slice; each split holds exactly its listed cases."""
+    start = (DEPTH - SLICES) // 2
+    for split, ids in SPLITS.items():
+        rows = _manifest(brats_out / split / "manifest.csv")
+        assert [r[0] for r in rows] == list(range(len(ids) * SLICES))
+        assert [r[1] for r in rows] == [c for c in ids for _ in range(SLICES)]
+        assert [r[2] for r in rows] == list(range(start, start + SLICES)) * len(ids)
+    assert not set(SPLITS["train"]) & {r[1] for r in _manifest(brats_out / "test" / "manifest.csv")}
+
+
+def test_masks_are_aligned_with_the_slices(brats_root: Path, brats_out: Path) -> None:
+    """Lesion mask = resized label > 0 and sits on the bright FLAIR oedema; brain mask covers the head."""
+    flair = np.load(brats_out / "train" / "FLAIR.npy")
+    lesion = np.load(brats_out / "train" / "lesion_mask.npy")
+    brain = np.load(brats_out / "train" / "brain_mask.npy")
+    assert lesion.dtype == np.uint8 and brain.dtype == np.uint8 and set(np.unique(lesion)) == {0, 1}
+    assert lesion.shape == brain.shape == flair.shape
+    assert np.all(brain[lesion > 0])
+    assert flair[lesion > 0].mean() > 1.5 * flair[(brain > 0) & (lesion == 0)].mean()
+    # Transposing or shifting the mask must break the overlap: the check above depends on alignment.
+    shifted = np.roll(lesion, OUT_SIZE // 3, axis=2)
+    assert flair[shifted > 0].mean() < flair[lesion > 0].mean()
+    assert (flair[brain == 0] < 0.05).mean() > 0.95
+    seg = nib.load(str(brats_root / "cases" / CASES[0] / f"{CASES[0]}_seg.nii.gz")).get_fdata()
+    start = (DEPTH - SLICES) // 2
+    label_rows = np.moveaxis(seg[:, :, start:start + SLICES] > 0, 2, 0)
+    assert lesion[:SLICES].sum() == pytest.approx(label_rows.sum() * (OUT_SIZE / SIZE) ** 2, rel=0.15)
+
+
+def test_cases_under_hgg_and_lgg_with_workers(brats_root: Path, brats_out: Path, tmp_path: Path) -> None:
+    """BraTS 2019 keeps cases under HGG/ and LGG/; two worker processes give the same arrays as one."""
+    nested = tmp_path / "MICCAI_BraTS_2019_Data_Training"
+    for i, case in enumerate(CASES):
+        (nested / ("HGG" if i % 2 else "LGG")).mkdir(parents=True, exist_ok=True)
+        (nested / ("HGG" if i % 2 else "LGG") / case).symlink_to(brats_root / "cases" / case)
+    _run(nested, tmp_path / "out", brats_root / "splits", "--workers", "2")
+    for split in SPLITS:
+        for name in ("T1ce.npy", "lesion_mask.npy", "brain_mask.npy"):
+            np.testing.assert_array_equal(np.load(tmp_path / "out" / split / name),
+                                          np.load(brats_out / split / name))
+
+
+def test_isles_layout(tmp_path: Path) -> None:
+    """ISLES 2015 SISS folders (numbered cases, VSD.Brain.* sub-folders) give T1, T2, DWI, FLAIR and masks."""
+    for n in (1, 2, 3):
+        phantom.make_isles_case(n, tmp_path / "SISS2015_Training", size=SIZE, seed=n, depth=DEPTH)
+    lists = _write_lists(tmp_path / "lists", {"train": ["1", "03"], "test": ["2"]})
+    pre_process.main(["--layout", "isles", "--input", str(tmp_path), "--split-file", str(lists), "--output",
+                      str(tmp_path / "out"), "--slices", str(SLICES), "--size", str(OUT_SIZE)])
+    train = tmp_path / "out" / "train"
+    assert sorted(p.name for p in train.glob("*.npy")) == ["DWI.npy", "FLAIR.npy", "T1.npy", "T2.npy",
+                                                          "brain_mask.npy", "lesion_mask.npy"]
+    assert [r[1] for r in _manifest(train / "manifest.csv")][::SLICES] == ["1", "3"]
+    dwi, lesion = np.load(train / "DWI.npy"), np.load(train / "lesion_mask.npy")
+    brain = np.load(train / "brain_mask.npy")
+    assert lesion.sum() > 0 and dwi[lesion > 0].mean() > 1.3 * dwi[(brain > 0) & (lesion == 0)].mean()
+
+
+def _contrast_folders(root: Path, cases_dir: Path, cases: list[str]) -> Path:
+    """The original README layout: a folder per contrast (mixed capitalisation) holding links to the volumes."""
+    for kind, folder in (("t1", "T1"), ("t1ce", "t1ce"), ("t2", "T2"), ("flair", "Flair"), ("seg", "seg")):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for case in cases:
+            (root / folder / f"{case}_{kind}.nii.gz").symlink_to(cases_dir / case / f"{case}_{kind}.nii.gz")
+    return root
+
+
+def test_folders_layout_pairs_by_name(brats_root: Path, brats_out: Path, tmp_path: Path) -> None:
+    """A folder per contrast gives canonical file names and exactly the BraTS-layout arrays for the same cases."""
+    folders = _contrast_folders(tmp_path / "folders", brats_root / "cases", CASES)
+    pre_process.main(["--layout", "folders", "--input", str(folders), "--split-file", str(brats_root / "splits"),
+                      "--output", str(tmp_path / "out"), "--slices", str(SLICES), "--size", str(OUT_SIZE)])
+    for split in SPLITS:
+        for name in ("T1.npy", "T1ce.npy", "T2.npy", "FLAIR.npy", "lesion_mask.npy"):
+            np.testing.assert_array_equal(np.load(tmp_path / "out" / split / name),
+                                          np.load(brats_out / split / name))
+
+
+def test_folders_layout_with_split_subfolders(brats_root: Path, tmp_path: Path) -> None:
+    """train/ and test/ sub-folders, each with contrast folders, become those splits without any list."""
+    _contrast_folders(tmp_path / "in" / "train", brats_root / "cases", CASES[:3])
+    _contrast_folders(tmp_path / "in" / "test", brats_root / "cases", CASES[3:])
+    counts = pre_process.main(["--layout", "folders", "--input", str(tmp_path / "in"), "--output",
+                               str(tmp_path / "out"), "--slices", str(SLICES), "--size", str(OUT_SIZE),
+                               "--contrasts", "flair", "T1"])
+    assert counts == {"test": SLICES, "train": 3 * SLICES}
+    assert sorted(p.name for p in (tmp_path / "out" / "test").glob("*.npy")) == [
+        "FLAIR.npy", "T1.npy", "brain_mask.npy", "lesion_mask.npy"]
+
+
+def test_folders_with_unmatched_names_are_refused(brats_root: Path, tmp_path: Path) -> None:
+    """Volumes paired by sorted name must name the same case; otherwise slices would not line up."""
+    folders = _contrast_folders(tmp_path / "f", brats_root / "cases", CASES[:2])
+    (folders / "T2" / f"{CASES[1]}_t2.nii.gz").rename(folders / "T2" / "zz_other_t2.nii.gz")
+    with pytest.raises(UserError, match="do not match"):
+        pre_process.main(["--layout", "folders", "--input", str(folders), "--split", "test", "--output",
+                          str(tmp_path / "out"), "--slices", str(SLICES)])
+
+
+def test_refuses_to_overwrite_and_replaces_with_flag(brats_root: Path, tmp_path: Path) -> None:
+    """Existing arrays (any capitalisation) stop the run; --overwrite replaces them and removes the old spelling."""
+    out = tmp_path / "out"
+    (out / "test").mkdir(parents=True)
+    np.save(out / "test" / "t1ce.npy", np.zeros((1, 2, 2), np.float32))
+    with pytest.raises(UserError, match="--overwrite"):
+        _run(brats_root / "cases", out, brats_root / "splits")
+    assert _files(out) == ["test/t1ce.npy"]
+    _run(brats_root / "cases", out, brats_root / "splits", "--overwrite")
+    assert "test/t1ce.npy" not in _files(out) and np.load(out / "test" / "T1ce.npy").shape[0] == SLICES
+
+
+def test_interrupted_run_leaves_nothing(brats_root: Path, tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C during the third case: no array, manifest or temporary file remains, and no new folder."""
+    real, calls = pre_process.process_case, []
+
+    def interrupted(job: pre_process.CaseJob) -> dict:
+        """Process the first two cases, then behave as if the user pressed Ctrl-C."""
+        calls.append(job.case.case_id)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(pre_process, "process_case", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(brats_root / "cases", tmp_path / "out", brats_root / "splits")
+    assert len(calls) == 3 and not (tmp_path / "out").exists()
+
+
+def test_real_subprocess_run(brats_root: Path, tmp_path: Path) -> None:
+    """The script runs as a command; a bad option ends with one `error:` line and status 2, no traceback."""
+    cmd = [sys.executable, str(ROOT / "pre_process.py"), "--layout", "brats", "--input", str(brats_root / "cases"),
+           "--split-file", str(brats_root / "splits" / "test.list"), "--output", str(tmp_path / "out"),
+           "--slices", str(SLICES), "--size", "32"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "1 case x 8 slices" in done.stdout
+    assert np.load(tmp_path / "out" / "test" / "T2.npy").shape == (SLICES, 32, 32)
+    bad = subprocess.run(cmd[:-4] + ["--slices", "500"], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: case BraTS19_Phantom_0004 has 24 axial slices")
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+def _expect_error(cases: Path, splits: Path, tmp_path: Path, pattern: str, *extra: str) -> None:
+    """The run stops with a UserError matching `pattern` and writes nothing."""
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=pattern) as err:
+        _run(cases, out, splits, *extra)
+    assert "\n" not in str(err.value)
+    assert _files(out) == [] and not out.exists()
+
+
+def test_bad_missing_contrast(brats_root: Path, tmp_path: Path) -> None:
+    """A case without its FLAIR file."""
+    cases = _copy_cases(brats_root, tmp_path)
+    (cases / CASES[2] / f"{CASES[2]}_flair.nii.gz").unlink()
+    _expect_error(cases, brats_root / "splits", tmp_path, f"case {CASES[2]} has no FLAIR volume .*_flair.nii.gz")
+
+
+def test_bad_shapes_differ(brats_root: Path, tmp_path: Path) -> None:
+    """A case whose T2 is on another grid."""
+    cases = _copy_cases(brats_root, tmp_path)
+    _nifti(cases / CASES[1] / f"{CASES[1]}_t2.nii.gz", np.ones((SIZE, SIZE - 4, DEPTH), np.int16))
+    _expect_error(cases, brats_root / "splits", tmp_path, f"case {CASES[1]}: volumes have different shapes")
+
+
+@pytest.mark.parametrize("shape", [(SIZE, SIZE), (SIZE, SIZE, DEPTH, 3)], ids=["2-D", "4-D"])
+def test_bad_dimensions(brats_root: Path, tmp_path: Path, shape: tuple) -> None:
+    """A 2-D slice or a 4-D series where a 3-D volume belongs."""
+    cases = _copy_cases(brats_root, tmp_path)
+    _nifti(cases / CASES[0] / f"{CASES[0]}_t1.nii.gz", np.ones(shape, np.int16))
+    _expect_error(cases, brats_root / "splits", tmp_path, f"case {CASES[0]} T1: .*{len(shape)}-D")
+
+
+def test_bad_all_zero_volume(brats_root: Path, tmp_path: Path) -> None:
+    """An empty volume in the last case: found while processing, after other cases were done; nothing is left."""
+    cases = _copy_cases(brats_root, tmp_path)
+    _nifti(cases / CASES[2] / f"{CASES[2]}_t1ce.nii.gz", np.zeros((SIZE, SIZE, DEPTH), np.int16))
+    _expect_error(cases, brats_root / "splits", tmp_path, f"case {CASES[2]} T1ce .*no voxel above zero")
+
+
+def test_bad_nan_voxels(brats_root: Path, tmp_path: Path) -> None:
+    """NaN voxels in a float volume."""
+    cases = _copy_cases(brats_root, tmp_path)
+    path = cases / CASES[3] / f"{CASES[3]}_flair.nii.gz"
+    data = nib.load(str(path)).get_fdata().astype(np.float32)
+    data[3, 4, 5] = np.nan
+    _nifti(path, data)
+    _expect_error(cases, brats_root / "splits", tmp_path, f"case {CASES[3]} FLAIR .*1 NaN or infinite voxels")
+
+
+def test_bad_listed_case_missing_on_disk(brats_root: Path, tmp_path: Path) -> None:
+    """A split list naming a case that is not under --input."""
+    lists = _write_lists(tmp_path / "lists", {"train": CASES[:2] + ["BraTS19_CBICA_AAB_1"], "test": CASES[3:]})
+    _expect_error(brats_root / "cases", lists, tmp_path, "split train lists case BraTS19_CBICA_AAB_1, not found")
+
+
+def test_bad_unknown_contrast(brats_root: Path, tmp_path: Path) -> None:
+    """A contrast the layout does not have."""
+    _expect_error(brats_root / "cases", brats_root / "splits", tmp_path, "unknown contrast 'PD' for the brats",
+                  "--contrasts", "T1", "PD")
+
+
+def test_bad_fewer_slices_than_asked(brats_root: Path, tmp_path: Path) -> None:
+    """--slices larger than the volumes' depth."""
+    _expect_error(brats_root / "cases", brats_root / "splits", tmp_path,
+                  f"case {CASES[3]} has {DEPTH} axial slices, fewer than the 30 asked for", "--slices", "30")
+
+
+def test_bad_case_in_two_splits(brats_root: Path, tmp_path: Path) -> None:
+    """The same case in train and test would leak test data into training."""
+    lists = _write_lists(tmp_path / "lists", {"train": CASES[:2], "test": CASES[1:2]})
+    _expect_error(brats_root / "cases", lists, tmp_path, f"case {CASES[1]} is listed in both test and train")
