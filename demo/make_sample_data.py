@@ -556,7 +556,8 @@ def write_split_lists(ids: Sequence[str], folder: str | Path) -> Path:
     n_train, n_val, _ = split_counts(len(ids))
     parts = {"train": ids[:n_train], "val": ids[n_train:n_train + n_val], "test": ids[n_train + n_val:]}
     for split, members in parts.items():
-        save_text("".join(f"{m}\n" for m in members), folder / f"{split}.list")
+        if members:
+            save_text("".join(f"{m}\n" for m in members), folder / f"{split}.list")
     return folder
 
 
