@@ -9,6 +9,10 @@ import torch.nn.functional as F
 from backbones.layers import dense, dense_conv2d, fan_out_uniform_, get_timestep_embedding
 from backbones.layerspp import SQRT2
 from backbones.up_or_down_sampling import downsample_2d
+from utils.errors import UserError
+
+# Six FIR halvings: anything smaller than this collapses to an empty map.
+MIN_CRITIC_SIZE = 64
 
 
 class TimestepEmbedding(nn.Module):
@@ -105,6 +109,9 @@ class Discriminator_large(nn.Module):
 
         Returns (logits (B,), features (B, 8 ngf, H/8, W/8)).
         """
+        if min(x.shape[-2:]) < MIN_CRITIC_SIZE:
+            raise UserError(f"the critic needs images of at least {MIN_CRITIC_SIZE}x{MIN_CRITIC_SIZE} (got "
+                            f"{tuple(x.shape[-2:])}): use --image_size {MIN_CRITIC_SIZE} or more")
         t_embed = self.act(self.t_embed(t))
         h = self.start_conv(torch.cat((x, x_t), dim=1))
         h = self.conv1(h, t_embed)

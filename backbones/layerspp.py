@@ -130,8 +130,6 @@ class Combine(nn.Module):
     def __init__(self, dim1: int, dim2: int, method: str = "cat") -> None:
         """Conv_0 maps the pyramid's dim1 channels to the features' dim2."""
         super().__init__()
-        if method not in ("cat", "sum"):
-            raise ValueError(f"progressive_combine must be 'cat' or 'sum', got {method!r}")
         self.Conv_0 = conv1x1(dim1, dim2)
         self.method = method
 

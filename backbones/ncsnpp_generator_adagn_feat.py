@@ -19,6 +19,7 @@ from backbones.layers import GaussianFourierProjection, PixelNorm, conv3x3, ddpm
     get_timestep_embedding
 from backbones.layerspp import AttnBlockpp, Combine, ConvBlock, ConvBlock_GAP, ConvFeatBlock, Downsample, \
     ResnetBlockBigGANpp_Adagn, Upsample, num_groups, rescaled_sum
+from utils.errors import UserError
 
 # Width of generator 2's pseudo-target style code. The original fixed it at 256 independently of --z_emb_dim;
 # it is a shape in every published checkpoint, so it stays fixed.
@@ -30,17 +31,15 @@ EMBEDDING_TYPES = ("fourier", "positional")
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
-    """Return value (lower-cased) or raise ValueError naming the option."""
+    """Return value (lower-cased) or raise a UserError naming the option (it may come from a config.json)."""
     value = value.lower()
     if value not in allowed:
-        raise ValueError(f"--{name} must be one of {', '.join(allowed)}; got {value!r}")
+        raise UserError(f"--{name} {value!r} is not supported: use one of {', '.join(allowed)}")
     return value
 
 
 class _NCSNppBase(nn.Module):
     """Shared construction and forward pass of both generators; subclasses supply the stem."""
-
-    num_stem_modules = 0
 
     def __init__(self, config: argparse.Namespace) -> None:
         """Build from an argparse namespace with the original option names."""
@@ -56,7 +55,7 @@ class _NCSNppBase(nn.Module):
         self.num_resolutions = len(ch_mult)
         self.all_resolutions = [config.image_size // (2 ** i) for i in range(self.num_resolutions)]
         # Decided once here; the original re-derived it from h.shape[-1] in forward, which agrees for inputs of
-        # the configured size and crashed for others.
+        # the configured size (the only ones it handled reliably).
         self.attn_at_level = [res in config.attn_resolutions for res in self.all_resolutions]
         self.dropout = config.dropout
         self.conditional = config.conditional
@@ -65,10 +64,8 @@ class _NCSNppBase(nn.Module):
         self.fir_kernel = tuple(config.fir_kernel)
         self.skip_rescale = config.skip_rescale
         self.channels = config.num_channels
-        self.resblock_type = config.resblock_type.lower()
-        if self.resblock_type != "biggan":
-            # The original's other block types could not build a generator (their stems were never defined).
-            raise ValueError(f"--resblock_type must be 'biggan'; got {config.resblock_type!r}")
+        # The original's other block types could not build a generator (their stems were never defined).
+        self.resblock_type = _check_choice("resblock_type", config.resblock_type, ("biggan",))
         self.progressive = _check_choice("progressive", config.progressive, PROGRESSIVE)
         self.progressive_input = _check_choice("progressive_input", config.progressive_input, PROGRESSIVE_INPUT)
         self.embedding_type = _check_choice("embedding_type", config.embedding_type, EMBEDDING_TYPES)

@@ -22,6 +22,7 @@ from backbones.layers import NIN, PixelNorm, get_timestep_embedding
 from backbones.layerspp import AdaptiveGroupNorm, AttnBlockpp
 from backbones.up_or_down_sampling import conv_downsample_2d, downsample_2d, setup_kernel, upfirdn2d, \
     upsample_2d, upsample_conv_2d
+from utils.errors import UserError
 from utils.options import add_diffusion_args, add_model_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,9 +91,13 @@ def fingerprint(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Run with one intra-op thread (the reference harness did), restoring the previous count."""
+    """One intra-op thread, as the reference harness used; restored afterwards.
+
+    These networks are tiny, so per-op overhead dominates and extra threads only add synchronisation, which is
+    very slow on a shared, busy machine.
+    """
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -234,7 +239,7 @@ def fixture_models(small_ref: dict) -> tuple[NCSNpp, NCSNpp_adaptive, Discrimina
     return gen1, gen2, critic
 
 
-def test_outputs_equal_the_original(small_ref, one_thread):
+def test_outputs_equal_the_original(small_ref):
     """Both generators, the logits and the features match the original's (rel. error <= 1e-5)."""
     gen1, gen2, critic = fixture_models(small_ref)
     inp, ref = small_ref["inputs"], small_ref["outputs"]
@@ -248,7 +253,7 @@ def test_outputs_equal_the_original(small_ref, one_thread):
         assert rel_err(actual, ref[name]) <= 1e-5, name
 
 
-def test_initial_weights_equal_the_original(small_ref, one_thread):
+def test_initial_weights_equal_the_original(small_ref):
     """Seed 0 and the original's order (gen1, gen2, att_conv, critic) give the original's initial tensors."""
     args = argparse.Namespace(**small_ref["config"])
     torch.manual_seed(0)
@@ -426,10 +431,19 @@ def test_pseudo_target_style_width_is_fixed_at_256():
     assert state["all_modules.7.GroupNorm_0.style.weight"].shape == (128, 48)
 
 
-def test_unsupported_resblock_type_is_refused():
-    """Only the BigGAN blocks exist (the original's other types crashed while building)."""
-    with pytest.raises(ValueError, match="resblock_type"):
+def test_unsupported_options_are_refused():
+    """Only the BigGAN blocks exist (the original's other types crashed while building); typos are named."""
+    with pytest.raises(UserError, match="resblock_type"):
         NCSNpp(tiny_args(resblock_type="ddpm"))
+    with pytest.raises(UserError, match="progressive"):
+        NCSNpp_adaptive(tiny_args(progressive="sideways"))
+
+
+def test_critic_refuses_images_below_64():
+    """Six halvings need at least 64x64; smaller inputs get a one-line error instead of a shape crash."""
+    critic = Discriminator_large(nc=2, ngf=2, t_emb_dim=8)
+    with pytest.raises(UserError, match="64x64"):
+        critic(torch.zeros(1, 1, 32, 32), torch.zeros(1, dtype=torch.long), torch.zeros(1, 1, 32, 32))
 
 
 def test_float64_forward():
