@@ -248,8 +248,8 @@ def _brain_depth(shape: HeadShape, x: np.ndarray, y: np.ndarray, z: np.ndarray) 
     return (r * (rho_surface / rho - 1.0)).astype(np.float32), r, (nx, ny, nz)
 
 
-def _sulcal_distance(shape: HeadShape, depth: np.ndarray, r: np.ndarray, n: tuple, x: np.ndarray,
-                     zc: np.ndarray, inside: np.ndarray) -> np.ndarray:
+def _sulcal_distance(shape: HeadShape, depth: np.ndarray, r: np.ndarray, n: tuple,
+                     inside: np.ndarray) -> np.ndarray:
     """Distance (mm) to the nearest sulcus or the interhemispheric fissure, for voxels in the cortical shell."""
     nx, ny, nz = (c[inside] for c in n)
     radius, r_in = 70.0, r[inside]
@@ -336,7 +336,7 @@ def build_anatomy(grid: Grid, rng: np.random.Generator, lesion: str = "tumour") 
     in_brain = ramp(depth, width)
     shell = (depth > -2.0) & (depth < 30.0)
     csf_dist = np.where(depth > 0, depth, 0.0).astype(np.float32)
-    csf_dist[shell] = np.minimum(csf_dist[shell], _sulcal_distance(shape, depth, r, n, x, zc, shell))
+    csf_dist[shell] = np.minimum(csf_dist[shell], _sulcal_distance(shape, depth, r, n, shell))
     sulcal = ramp(shape.sulcus_halfwidth - csf_dist, width) * in_brain
     grey = np.clip(ramp(shape.cortex_mm - csf_dist, width) * in_brain - sulcal, 0, 1)
     ventricles = _ventricles(x, y, zc, shape.ventricle_scale, width) * in_brain
