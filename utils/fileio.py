@@ -10,18 +10,29 @@ import numpy as np
 import torch
 
 
+def _current_umask() -> int:
+    """The process umask (reading it requires setting it, so set it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block finishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder, so the final os.replace is an atomic rename on one filesystem; keep the suffix for writers
-    # that choose a format from it (matplotlib, PIL).
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    # Same folder, so the final os.replace is an atomic rename on one filesystem; keep every suffix (".nii.gz")
+    # for writers that choose a format from it (nibabel, matplotlib, PIL).
+    suffixes = "".join(path.suffixes)
+    base = path.name[: len(path.name) - len(suffixes)] if suffixes else path.name
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.tmp-", suffix=suffixes, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates the file 0600; give the result the permissions any new file would get under the umask.
+        os.chmod(tmp_path, 0o666 & ~_current_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
