@@ -10,13 +10,14 @@ term per iteration), val.csv (validation PSNR/SSIM/L1 per epoch), curves.png and
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import os
 import random
 import sys
 import time
 import warnings
 from argparse import Namespace
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,7 +37,7 @@ from utils.fileio import save_torch
 from utils.options import (DATA_KEYS, DIFFUSION_KEYS, MODEL_KEYS, add_data_args, add_diffusion_args, add_model_args,
                            add_run_args, add_train_control_args, add_training_args, experiment_dir, save_config)
 from utils.plots import plot_curves, save_sample_grid
-from utils.training import (LOSS_NAMES, VAL_NAMES, Batch, CsvLog, Diffusion, Networks, Optimisers, build_optimisers,
+from utils.training import (LOSS_NAMES, VAL_NAMES, Batch, CsvLog, Diffusion, Networks, build_optimisers,
                             step_schedulers, train_step, validate, validation_batches)
 
 CONTENT = "content.pth"
@@ -46,10 +47,9 @@ MIN_IMAGE_SIZE = 64  # the critic halves the image six times
 NETWORK_NAMES = ("gen_diffusive_1", "gen_diffusive_2", "disc_diffusive_2", "att_conv")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class RunPlan:
     """Everything decided before any process starts: data, processes, device and where training resumes."""
-
     contrasts: list[str]
     launch: LaunchPlan
     device_kind: str
@@ -92,7 +92,6 @@ def check_options(args: Namespace) -> None:
 
 def check_data(args: Namespace, contrasts: list[str], world_size: int) -> tuple[tuple, tuple, int]:
     """Shapes of the train and val splits and the steps per epoch; UserError when the batch cannot be filled."""
-
     shapes = check_dataset(args.input_path, ["train", "val"], contrasts, args.image_size)
     train_slices = shapes["train"][0]
     per_process = -(-train_slices // world_size)  # the distributed sampler pads up to equal shares
@@ -106,7 +105,6 @@ def check_data(args: Namespace, contrasts: list[str], world_size: int) -> tuple[
 
 def read_content(path: Path, device: torch.device | str = "cpu") -> dict:
     """Load content.pth (weights only) and check that it is a training checkpoint of this program."""
-
     content = read_checkpoint(path, map_location=device)
     if not isinstance(content, dict) or "gen_diffusive_1_dict" not in content or "args" not in content:
         raise UserError(f"{path} is not a training checkpoint written by this train.py; start a new run "
@@ -143,7 +141,6 @@ def _normalise(value: Any) -> Any:
 
 def prepare(args: Namespace) -> RunPlan:
     """All the checks that need no model: options, contrasts, processes, device, data, experiment folder."""
-
     check_options(args)
     contrasts = resolve_contrasts(args.dataset, args.target, args.contrasts)
     # Stored resolved, so config.json and content.pth name the exact order the weights were trained with.
@@ -175,14 +172,12 @@ def choose_port(plan: RunPlan) -> RunPlan:
         return plan
     port = free_port(launch.master_address)
     print(f"port {launch.port} is in use; the processes meet on port {port} instead", file=sys.stderr)
-    new_launch = LaunchPlan(launch.mode, launch.world_size, launch.local_world_size, launch.node_rank,
-                            launch.master_address, port)
-    return RunPlan(**{**plan.__dict__, "launch": new_launch,
-                      "init_method": f"tcp://{launch.master_address}:{port}"})
+    return dataclasses.replace(plan, launch=dataclasses.replace(launch, port=port),
+                               init_method=f"tcp://{launch.master_address}:{port}")
 
 
 # --------------------------------------------------------------------------- networks and state
-def build_networks(args: Namespace, device: torch.device):
+def build_networks(args: Namespace, device: torch.device) -> Networks:
     """gen1, gen2, att_conv, critic in the original's construction order, on `device`."""
     gen1, gen2 = build_generators(args)
     critic, att_proj = build_critic(args)
@@ -265,7 +260,6 @@ class Trainer:
     # ----------------------------------------------------------------------- checkpoints
     def _restore(self, path: Path) -> None:
         """Load networks, optimisers, schedulers, EMA, counters and this rank's random state from content.pth."""
-
         content = read_content(path, self.device)
         for name, net in self.nets.named().items():
             load_state(net, content[f"{name}_dict"], f"{name} in {path}")
@@ -334,7 +328,6 @@ class Trainer:
 
     def train_epoch(self) -> tuple[float, float]:
         """One pass over this rank's share of the training slices; returns the learning rates it used."""
-
         args, number = self.args, self.epoch + 1
         lr_g, lr_d = self.opts.gen1.param_groups[0]["lr"], self.opts.critic.param_groups[0]["lr"]
         self.sampler.set_epoch(self.epoch)
@@ -361,7 +354,6 @@ class Trainer:
     def _flush(self, pending: list[tuple[int, int, torch.Tensor]], epoch: int, lr_g: float,
                lr_d: float) -> dict[str, float]:
         """Average the pending loss rows over the ranks (one synchronisation) and append them to the log."""
-
         values = all_reduce_mean(torch.stack([losses for _, _, losses in pending])).cpu().tolist()
         row: dict[str, float] = {}
         for (iteration, step, _), row_values in zip(pending, values):
@@ -371,11 +363,15 @@ class Trainer:
 
     def end_epoch(self, lrs: tuple[float, float], seconds: float) -> None:
         """Validate, then (rank 0) write the sample grid, logs, curves and checkpoints of the finished epoch."""
-
         args, number = self.args, self.epoch + 1
         batches = validation_batches(len(self.val_set), args.batch_size, self.layout.rank, self.layout.world_size)
-        with _ema_weights(self.opts):
-            scores, preview = validate(self.nets, self.val_set, batches, self.diff, args, self.device)
+        with contextlib.ExitStack() as stack:
+            # With --use_ema, validation and the sample grid show the averaged weights the checkpoints hold.
+            for ema in (self.opts.ema1, self.opts.ema2):
+                if ema is not None:
+                    stack.enter_context(ema.swapped())
+            scores, preview = validate(self.nets, self.val_set, batches, self.diff, args, self.device,
+                                       progress=self.layout.is_main)
         self.epoch = number
         rng_states = gather_objects(rng_state(self.device))
         if self.layout.is_main:
@@ -387,7 +383,6 @@ class Trainer:
 
     def _write_files(self, preview: dict[str, np.ndarray], rng_states: list[dict]) -> None:
         """Sample grid, logs, curves, generator checkpoints, then content.pth last (the resume point)."""
-
         args, exp, number = self.args, self.plan.exp_dir, self.epoch
         if preview:
             save_sample_grid(preview, exp / f"sample_discrete_epoch_{number}.png",
@@ -408,25 +403,18 @@ class Trainer:
             save_torch(self.content(rng_states), exp / CONTENT)
 
 
-class _ema_weights:
-    """Context manager: both generators carry their EMA weights inside the block (no-op without --use_ema)."""
-
-    def __init__(self, opts) -> None:
-        """Remember the EMAs to swap in."""
-        self.managers = [ema.swapped() for ema in (opts.ema1, opts.ema2) if ema is not None]
-
-    def __enter__(self) -> None:
-        """Swap the averages in."""
-        for manager in self.managers:
-            manager.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        """Put the trained weights back."""
-        for manager in reversed(self.managers):
-            manager.__exit__(*exc)
-
-
 # --------------------------------------------------------------------------- processes
+def clear_outputs(exp_dir: Path) -> None:
+    """Delete a previous run's training outputs (only files this script writes) for --overwrite."""
+    patterns = (CONTENT, "config.json", "log.csv", "val.csv", "curves.png", "gen_diffusive_[12].pth",
+                "gen_diffusive_[12]_*.pth", "sample_discrete_epoch_*.png")
+    removed = [path for pattern in patterns for path in exp_dir.glob(pattern)]
+    for path in removed:
+        path.unlink()
+    if removed:
+        print(f"--overwrite: removed {len(removed)} file(s) of the previous run in {exp_dir}")
+
+
 def run_process(args: Namespace, plan: RunPlan, local_rank: int, rank: int) -> None:
     """One training process: join the group (if several), train, leave."""
     layout = ProcessLayout(rank, local_rank, plan.launch.world_size, plan.launch.local_world_size,
@@ -438,6 +426,8 @@ def run_process(args: Namespace, plan: RunPlan, local_rank: int, rank: int) -> N
     try:
         if layout.is_main:
             plan.exp_dir.mkdir(parents=True, exist_ok=True)
+            if args.overwrite and not args.resume:
+                clear_outputs(plan.exp_dir)
         Trainer(args, plan, layout).run()
     finally:
         close_group()
