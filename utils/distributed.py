@@ -233,12 +233,3 @@ def barrier() -> None:
     """Wait for every rank (no-op for one process)."""
     if is_distributed():
         dist.barrier()
-
-
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """Rank 0's boolean on every rank."""
-    if not is_distributed():
-        return flag
-    value = torch.tensor([1 if flag else 0], device=device)
-    dist.broadcast(value, 0)
-    return bool(value.item())

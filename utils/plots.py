@@ -36,10 +36,13 @@ def plot_curves(steps: Sequence[float], losses: Mapping[str, Sequence[float]], e
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
     window = max(1, len(steps) // 50)
     for ax, (title, xlabel, x, y) in zip(axes.flat, panels):
+        # Terms logged only on some iterations (the lazy R1 penalty) are NaN elsewhere: plot the logged points.
         y = np.asarray(y, dtype=np.float64)
+        finite = np.isfinite(y)
+        x, y = np.asarray(x, dtype=np.float64)[finite], y[finite]
         if xlabel == "iteration":
             ax.plot(x, y, lw=0.5, alpha=0.35, color="tab:blue")
-            ax.plot(x, moving_average(y, window), lw=1.2, color="tab:blue")
+            ax.plot(x, moving_average(y, max(1, min(window, len(y) // 10))), lw=1.2, color="tab:blue")
         else:
             ax.plot(x, y, marker="o", ms=3, color="tab:orange")
         ax.set_title(title, fontsize=9)

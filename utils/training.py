@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from utils.diffusion import (Diffusion_Coefficients, Posterior_Coefficients, q_sample_pairs, sample_from_model,
                              sample_posterior)
@@ -213,14 +214,14 @@ def to_unit_range(x: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def validate(nets: Networks, dataset: torch.utils.data.Dataset, batches: Iterable[Sequence[int]],
-             diff: Diffusion, args: Namespace, device: torch.device,
-             preview: int = 4) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+             diff: Diffusion, args: Namespace, device: torch.device, preview: int = 4,
+             progress: bool = False) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Sample every validation slice of this rank's batches and return the whole set's mean PSNR, SSIM and L1.
 
     Each batch's noise is seeded from --seed and the batch's first slice index, so the numbers depend neither on the
     process count nor on training's random state (which is left untouched). Metrics are computed on [0, 1] images
     of the full slice (data range 1); PSNR averages the finite values (identical images score inf). Also returns
-    the first `preview` slices of this rank's first batch (for the sample grid).
+    the first `preview` slices of this rank's first batch (for the sample grid). `progress` shows a bar.
     """
     # Sums of PSNR, SSIM and L1, then the number of finite PSNRs (identical images score inf) and of slices.
     sums = torch.zeros(5, dtype=torch.float64)
@@ -230,7 +231,7 @@ def validate(nets: Networks, dataset: torch.utils.data.Dataset, batches: Iterabl
     for gen in (nets.gen1, nets.gen2):
         gen.eval()
     try:
-        for indices in batches:
+        for indices in tqdm(batches, desc="validation", unit="batch", disable=not progress, leave=False):
             items = [dataset[i] for i in indices]
             batch = Batch(*(torch.stack([item[k] for item in items]).to(device) for k in range(4)))
             with torch.random.fork_rng(devices=devices):
