@@ -216,11 +216,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     volume_mode = args.nifti or args.case is not None or args.cond1 is not None
     # Inputs are checked before the (slow) model loading, so a wrong path fails at once.
     inputs = _volume_inputs(args, args.contrasts) if volume_mode else open_split(args)
-    seed_everything(args.seed)
     exp = load_experiment(args, with_critic=args.save_uncertainty)
     print(describe(exp))
     if args.save_uncertainty and exp.critic_note:
         print(f"note: {exp.critic_note}")
+    # Seeded after the networks are built, so the samples do not depend on what was built (e.g. the critic).
+    seed_everything(args.seed)
     return run_volume(exp, args, *inputs) if volume_mode else run_slices(exp, args, inputs)
 
 
