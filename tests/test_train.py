@@ -285,7 +285,8 @@ if __name__ == "__main__":
 
 def check_ranks_identical(folder: Path) -> None:
     """Both ranks hold rank 0's saved weights, bit for bit."""
-    rank0, rank1 = torch.load(folder / "rank0.pt"), torch.load(folder / "rank1.pt")
+    rank0 = torch.load(folder / "rank0.pt", weights_only=True)
+    rank1 = torch.load(folder / "rank1.pt", weights_only=True)
     content = read_checkpoint(folder / "content.pth")
     for name in train.NETWORK_NAMES:
         assert states_equal(rank0[name], rank1[name]), name
