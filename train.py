@@ -385,6 +385,8 @@ class Trainer:
         """Sample grid, logs, curves, generator checkpoints, then content.pth last (the resume point)."""
         args, exp, number = self.args, self.plan.exp_dir, self.epoch
         if preview:
+            names = dict(zip(("cond1", "cond2", "cond3"), self.plan.contrasts[:3]))
+            preview = {names.get(k, k): v for k, v in preview.items()}
             save_sample_grid(preview, exp / f"sample_discrete_epoch_{number}.png",
                              title=f"epoch {number}: " + ", ".join(self.plan.contrasts[:3])
                              + f" -> {self.plan.contrasts[3]}")
