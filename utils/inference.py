@@ -9,6 +9,7 @@ import argparse
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -215,16 +216,11 @@ class _InputRecorder:
 
 @dataclass
 class Synthesis:
-    """One batch's result in model space [-1, 1], (B, 1, S, S): the sample and, on request, the uncertainty maps."""
+    """One batch's result (B, 1, S, S): the sample in [-1, 1]; on request the uncertainty maps in [0, 1]."""
 
     sample: Tensor
     disagreement: Tensor | None = None
     critic_map: Tensor | None = None
-
-
-def to_unit(x: Tensor) -> Tensor:
-    """Model space [-1, 1] to intensities [0, 1] (clipped), as the loader's (x − 0.5)/0.5 inverted."""
-    return ((x + 1) / 2).clamp(0, 1)
 
 
 def critic_features_in_chunks(critic: nn.Module, x: Tensor, t: Tensor, x_next: Tensor) -> Tensor:
@@ -249,8 +245,8 @@ def synthesize(exp: Experiment, cond1: Tensor, cond2: Tensor, cond3: Tensor, unc
     # Half the |x0_1 − x0_2| of model space: the generators' disagreement in [0, 1] intensity units.
     result.disagreement = (x0_1 - x0_2).abs() / 2
     if exp.critic is not None and exp.att_proj is not None:
-        # Training scores the denoised image of the last step as critic(x_0, t=0, x_1); score the synthesis the
-        # same way, so the map is the one the mutual-learning loss was weighted with at that step.
+        # Training scores a last-step (t = 0) sample as critic(x_0, t=0, x_1) and weights the mutual loss with the
+        # attention map of those features; the synthesis is scored the same way.
         t0 = torch.zeros(sample.size(0), dtype=torch.int64, device=sample.device)
         features = critic_features_in_chunks(exp.critic, sample, t0, recorder.last_input)
         result.critic_map = exp.att_proj.attention_map(features, tuple(sample.shape[-2:]))
@@ -273,5 +269,4 @@ def describe(exp: Experiment) -> str:
 __all__ = [
     "Experiment", "Synthesis", "add_test_args", "available_epochs", "configure", "describe", "generator_files",
     "load_experiment", "make_parser", "open_experiment", "resolve_device", "seed_everything", "synthesize",
-    "to_unit",
 ]
