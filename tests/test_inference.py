@@ -31,6 +31,15 @@ def _load_test_script():
 test_script = _load_test_script()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the networks are tiny, and extra threads only add waiting on a busy machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A results folder with the tiny experiments and a preprocessed test split."""

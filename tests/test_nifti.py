@@ -5,6 +5,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from conftest import ROOT, save_tiny_experiment
 from utils.errors import UserError, run_cli
@@ -26,6 +27,15 @@ def _load_test_script():
 
 
 test_script = _load_test_script()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the networks are tiny, and extra threads only add waiting on a busy machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _affine() -> np.ndarray:

@@ -36,6 +36,8 @@ def test_demo_notebook_executes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("MUDIFF_DEMO_EXPERIMENT", str(tmp_path / "results" / "tiny"))
     monkeypatch.setenv("MUDIFF_DEMO_CASES", str(tmp_path / "cases"))
     monkeypatch.setenv("MUDIFF_DEMO_DEVICE", "cpu")
+    # One intra-op thread in the kernel: tiny networks on a busy machine run faster without thread hand-offs.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     # kernel "python3" is ipykernel's own spec, which jupyter_client starts with this interpreter (the venv's);
     # a last, test-only cell reports which one ran.
