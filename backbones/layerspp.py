@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from backbones import up_or_down_sampling as fir_ops
+from backbones.fast_paths import fast_paths_enabled
 from backbones.layers import NIN, conv1x1, conv3x3, ddpm_linear, dense
 
 # The skip sums divide by this float64 constant (true division, not a multiplication by 1/sqrt(2)): the original
@@ -39,7 +40,27 @@ class AdaptiveGroupNorm(nn.Module):
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         """gamma(style) * GroupNorm(x) + beta(style)."""
         gamma, beta = self.style(style).unsqueeze(2).unsqueeze(3).chunk(2, 1)
+        if fast_paths_enabled():
+            return self._fused(x, gamma, beta)
         return gamma * self.norm(x) + beta
+
+    def _fused(self, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        """The same map with the scale and shift applied by the GroupNorm kernel itself (one pass fewer).
+
+        GroupNorm's affine is per channel, so a per-sample one fits it when there is one sample, or when the samples
+        can be laid side by side as one image of batch * channels channels (contiguous NCHW). A channels-last batch
+        cannot be, and gets a single fused multiply-add pass after the normalisation instead.
+        """
+        batch, channels = x.shape[:2]
+        groups, eps = self.norm.num_groups, self.norm.eps
+        # Under autocast the style output may be bfloat16 while x is float32; GroupNorm wants one dtype.
+        scale, shift = gamma.reshape(-1).to(x.dtype), beta.reshape(-1).to(x.dtype)
+        if batch == 1:
+            return F.group_norm(x, groups, scale, shift, eps)
+        if x.is_contiguous():
+            merged = x.reshape(1, batch * channels, *x.shape[2:])
+            return F.group_norm(merged, batch * groups, scale, shift, eps).view_as(x)
+        return torch.addcmul(beta, gamma, self.norm(x))
 
 
 class AttnBlockpp(nn.Module):
@@ -57,6 +78,8 @@ class AttnBlockpp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x + attention(x) (rescaled)."""
+        if fast_paths_enabled():
+            return self._fused_forward(x)
         batch, channels, height, width = x.shape
         h = self.GroupNorm_0(x)
         q, k, v = self.NIN_0(h), self.NIN_1(h), self.NIN_2(h)
@@ -65,6 +88,20 @@ class AttnBlockpp(nn.Module):
         w = torch.reshape(w, (batch, height, width, height, width))
         h = self.NIN_3(torch.einsum("bhwij,bcij->bchw", w, v))
         return rescaled_sum(x, h, self.skip_rescale)
+
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same attention with one q/k/v matmul and F.scaled_dot_product_attention (one head of width C).
+
+        SDPA's fused kernels never hold the (H*W)^2 weights: at 64x64 that matrix is 64 MiB per sample in float32.
+        """
+        batch, channels, height, width = x.shape
+        tokens = self.GroupNorm_0(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
+        nins = (self.NIN_0, self.NIN_1, self.NIN_2)
+        qkv = F.linear(tokens, torch.cat([nin.W for nin in nins], dim=1).t(), torch.cat([nin.b for nin in nins]))
+        q, k, v = qkv.unsqueeze(1).chunk(3, dim=-1)  # (B, 1, H*W, C) each; the default scale is C^(-1/2)
+        attended = F.scaled_dot_product_attention(q, k, v).squeeze(1)
+        h = F.linear(attended, self.NIN_3.W.t(), self.NIN_3.b)  # (B, H*W, C)
+        return rescaled_sum(x, h.transpose(1, 2).reshape(batch, channels, height, width), self.skip_rescale)
 
 
 class Upsample(nn.Module):

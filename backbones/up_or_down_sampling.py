@@ -1,8 +1,15 @@
 """FIR up/down-sampling in plain PyTorch (no compiled extension), with the StyleGAN2 padding conventions.
 
-`upfirdn2d` follows the op sequence of the original's CPU path (zero insertion, pad/crop, true convolution with
-the kernel, decimation) so results are bit-identical to it; the original used a JIT-compiled CUDA kernel on GPUs,
-we use this one everywhere.
+`upfirdn2d` (backbones/upfirdn2d.py) follows the op sequence of the original's CPU path (zero insertion, pad/crop,
+true convolution with the kernel, decimation); the original used a JIT-compiled CUDA kernel on GPUs.
+
+The wrappers the networks call compute the same sums with less work, by default in formulations that give the
+same float32 bits as `upfirdn2d` on the CPU (tests/test_fast.py checks it): a depthwise convolution with stride `factor`
+for downsampling (no output that is thrown away), a depthwise convolution for the blur, and a polyphase split for
+upsampling (factor^2 small depthwise filters on the input grid instead of a large one on the zero-inserted grid).
+With `backbones.set_fast_paths(True)`, upsampling is one depthwise transposed convolution instead (rounding
+differs by about 5e-7). The FIR kernels are built once per (taps, scale, dtype, device) and cached, so no call
+copies a kernel from the host to the GPU.
 """
 from typing import Sequence
 
@@ -10,7 +17,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from backbones.fast_paths import fast_paths_enabled
 from backbones.layers import ddpm_uniform_
+from backbones.upfirdn2d import upfirdn2d
+
+# (what, taps, scale, dtype, device, channels) -> kernel tensor; see _kernel.
+_KERNELS: dict[tuple, torch.Tensor] = {}
 
 
 def setup_kernel(k: Sequence[float], dtype: torch.dtype = torch.float32,
@@ -24,55 +36,131 @@ def setup_kernel(k: Sequence[float], dtype: torch.dtype = torch.float32,
     return kernel / kernel.sum()
 
 
-def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
-              pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
-    """Upsample by zero insertion, pad (negative = crop), convolve with `kernel`, keep every `down`-th sample.
+def _build_kernel(what: str, k: Sequence[float], scale: float, dtype: torch.dtype, device: torch.device,
+                  channels: int, factor: int) -> torch.Tensor:
+    """One form of setup_kernel(k) * scale (see _kernel)."""
+    kernel = setup_kernel(k, dtype, device) * scale
+    if what == "plain":
+        return kernel
+    if what == "transposed":
+        # conv_transpose2d scatters with the kernel as it is.
+        return kernel[None, None].repeat(channels, 1, 1, 1)
+    # conv2d correlates; the flip makes it the true convolution upfirdn2d computes.
+    flipped = torch.flip(kernel, [0, 1])
+    if what == "depthwise":
+        return flipped[None, None].repeat(channels, 1, 1, 1)
+    # "polyphase": the factor^2 sub-kernels of every channel, phase (r, c) = taps r, r + factor, ... (see
+    # _polyphase_upsample for which first tap each output phase meets).
+    first = [(_upsample_pad(len(k), factor)[0] - r) % factor for r in range(factor)]
+    phases = torch.stack([flipped[first[r]::factor, first[c]::factor] for r in range(factor) for c in range(factor)])
+    return phases[:, None].repeat(channels, 1, 1, 1)
 
-    The same padding (p0 before, p1 after) applies to both axes. Output size: (H*up + p0 + p1 - kh) // down + 1.
-    """
+
+def _kernel(what: str, k: Sequence[float], scale: float, x: torch.Tensor, channels: int = 0,
+            factor: int = 1) -> torch.Tensor:
+    """The FIR kernel in form `what` ("plain" 2-D, "depthwise" flipped (C, 1, kh, kw), "transposed" (C, 1, kh, kw),
+    "polyphase" (C * factor^2, 1, kh / factor, kw / factor)) for x's dtype and device, built once and cached."""
+    if torch.compiler.is_compiling():
+        # Under torch.compile the kernel is a traced constant; a Python-side cache would only add guards.
+        return _build_kernel(what, k, scale, x.dtype, x.device, channels, factor)
+    key = (what, _frozen(k), float(scale), x.dtype, x.device, channels, factor)
+    kernel = _KERNELS.get(key)
+    if kernel is None:
+        # A kernel first built inside torch.inference_mode must still be usable by a later training step.
+        with torch.inference_mode(False):
+            kernel = _build_kernel(what, k, scale, x.dtype, x.device, channels, factor)
+        _KERNELS[key] = kernel
+    return kernel
+
+
+def _frozen(k: Sequence) -> tuple:
+    """Nested taps as a hashable tuple (for the cache key)."""
+    return tuple(_frozen(v) if isinstance(v, (list, tuple, torch.Tensor)) else float(v) for v in k)
+
+
+def fir_filter_2d(x: torch.Tensor, k: Sequence[float], scale: float = 1.0, down: int = 1,
+                  pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """upfirdn2d(x, setup_kernel(k) * scale, up=1, down, pad) as one depthwise convolution with stride `down`."""
     pad0, pad1 = pad
-    _, channels, in_h, in_w = x.shape
-    kernel_h, kernel_w = kernel.shape
-    # Every (sample, channel) plane becomes its own single-channel image, laid out channels-last.
-    out = x.reshape(-1, in_h, in_w, 1).view(-1, in_h, 1, in_w, 1, 1)
-    out = F.pad(out, [0, 0, 0, up - 1, 0, 0, 0, up - 1])
-    out = out.view(-1, in_h * up, in_w * up, 1)
-    out = F.pad(out, [0, 0, max(pad0, 0), max(pad1, 0), max(pad0, 0), max(pad1, 0)])
-    out = out[:, max(-pad0, 0): out.shape[1] - max(-pad1, 0), max(-pad0, 0): out.shape[2] - max(-pad1, 0), :]
-    padded_h = in_h * up + pad0 + pad1
-    padded_w = in_w * up + pad0 + pad1
-    out = out.permute(0, 3, 1, 2).reshape([-1, 1, padded_h, padded_w])
-    # conv2d computes a correlation; flipping the kernel makes it a true convolution.
-    weight = torch.flip(kernel, [0, 1]).view(1, 1, kernel_h, kernel_w)
-    out = F.conv2d(out, weight)
-    out = out.reshape(-1, 1, padded_h - kernel_h + 1, padded_w - kernel_w + 1)
-    out = out.permute(0, 2, 3, 1)[:, ::down, ::down, :]
-    out_h = (padded_h - kernel_h) // down + 1
-    out_w = (padded_w - kernel_w) // down + 1
-    return out.view(-1, channels, out_h, out_w)
+    channels = x.shape[1]
+    weight = _kernel("depthwise", k, scale, x, channels)
+    if pad0 == pad1 and pad0 >= 0:
+        return F.conv2d(x, weight, stride=down, padding=pad0, groups=channels)
+    # Asymmetric (or negative, i.e. cropping) padding is applied explicitly.
+    return F.conv2d(F.pad(x, [pad0, pad1, pad0, pad1]), weight, stride=down, groups=channels)
+
+
+def _upsample_pad(taps: int, factor: int) -> tuple[int, int]:
+    """upfirdn2d padding of upsample_2d: the output is exactly factor times the input."""
+    p = taps - factor
+    return (p + 1) // 2 + factor - 1, p // 2
+
+
+def _polyphase_upsample(x: torch.Tensor, k: Sequence[float], scale: float, factor: int) -> torch.Tensor | None:
+    """upsample_2d's upfirdn2d with the zero products skipped; None when the kernel does not split evenly.
+
+    Output pixel factor*m + r meets only the taps a(r) + factor*j of the flipped kernel, at input pixels
+    m + shift(r) + j. All factor^2 phases come from one grouped convolution on the input grid; it sums the same
+    non-zero products in the same tap order as the zero-inserted convolution, so the bits agree (checked on the CPU
+    in tests/test_fast.py).
+    """
+    batch, channels, height, width = x.shape
+    taps_total = len(k)
+    if taps_total % factor:
+        return None
+    pad0 = _upsample_pad(taps_total, factor)[0]
+    taps = taps_total // factor
+    shift = [(r + (pad0 - r) % factor - pad0) // factor for r in range(factor)]
+    low, high = max(0, -min(shift)), max(0, max(shift) + taps - 1)
+    weight = _kernel("polyphase", k, scale, x, channels, factor)
+    phases = F.conv2d(F.pad(x, [low, high, low, high]), weight, groups=channels)
+    phases = phases.view(batch, channels, factor, factor, *phases.shape[-2:])
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        out = x.new_empty(batch, height, factor, width, factor, channels).permute(0, 5, 1, 2, 3, 4)
+    else:
+        out = x.new_empty(batch, channels, height, factor, width, factor)
+    for r in range(factor):
+        for c in range(factor):
+            top, left = shift[r] + low, shift[c] + low
+            out[:, :, :, r, :, c] = phases[:, :, r, c, top:top + height, left:left + width]
+    return out.reshape(batch, channels, height * factor, width * factor)
+
+
+def _transposed_upsample(x: torch.Tensor, k: Sequence[float], scale: float, factor: int) -> torch.Tensor | None:
+    """upsample_2d as one depthwise transposed convolution; None when its padding cannot express upsample_2d's."""
+    taps = len(k)
+    pad0, pad1 = _upsample_pad(taps, factor)
+    padding = taps - 1 - pad0
+    # conv_transpose2d crops `padding` on both sides; that equals upfirdn2d's padding only when this holds.
+    if padding < 0 or pad1 != pad0 - factor + 1:
+        return None
+    weight = _kernel("transposed", k, scale, x, x.shape[1])
+    return F.conv_transpose2d(x, weight, stride=factor, padding=padding, groups=x.shape[1])
 
 
 def upsample_2d(x: torch.Tensor, k: Sequence[float], factor: int = 2, gain: float = 1) -> torch.Tensor:
     """Upsample (B, C, H, W) -> (B, C, H*factor, W*factor) with the FIR filter `k`."""
     # The kernel follows the input's dtype (the original forced float32, so float64 models failed).
-    kernel = setup_kernel(k, x.dtype, x.device) * (gain * factor ** 2)
-    p = kernel.shape[0] - factor
-    return upfirdn2d(x, kernel, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
+    scale = gain * factor ** 2
+    out = _transposed_upsample(x, k, scale, factor) if fast_paths_enabled() else None
+    if out is None:
+        out = _polyphase_upsample(x, k, scale, factor)
+    if out is None:
+        out = upfirdn2d(x, _kernel("plain", k, scale, x), up=factor, pad=_upsample_pad(len(k), factor))
+    return out
 
 
 def downsample_2d(x: torch.Tensor, k: Sequence[float], factor: int = 2, gain: float = 1) -> torch.Tensor:
     """Downsample (B, C, H, W) -> (B, C, H//factor, W//factor) with the FIR filter `k`."""
-    kernel = setup_kernel(k, x.dtype, x.device) * gain
-    p = kernel.shape[0] - factor
-    return upfirdn2d(x, kernel, down=factor, pad=((p + 1) // 2, p // 2))
+    p = len(k) - factor
+    return fir_filter_2d(x, k, gain, down=factor, pad=((p + 1) // 2, p // 2))
 
 
 def conv_downsample_2d(x: torch.Tensor, w: torch.Tensor, k: Sequence[float], factor: int = 2,
                        gain: float = 1) -> torch.Tensor:
     """FIR blur then a strided convolution with `w` (out, in, kh, kw): padding is applied once, before the blur."""
-    kernel = setup_kernel(k, x.dtype, x.device) * gain
-    p = (kernel.shape[0] - factor) + (w.shape[-1] - 1)
-    x = upfirdn2d(x, kernel, pad=((p + 1) // 2, p // 2))
+    p = (len(k) - factor) + (w.shape[-1] - 1)
+    x = fir_filter_2d(x, k, gain, pad=((p + 1) // 2, p // 2))
     return F.conv2d(x, w, stride=factor, padding=0)
 
 
@@ -80,14 +168,13 @@ def upsample_conv_2d(x: torch.Tensor, w: torch.Tensor, k: Sequence[float], facto
                      gain: float = 1) -> torch.Tensor:
     """Transposed (upsampling) convolution with `w` (out, in, kh, kw) followed by the FIR filter."""
     conv_w = w.shape[-1]
-    kernel = setup_kernel(k, x.dtype, x.device) * (gain * factor ** 2)
-    p = (kernel.shape[0] - factor) - (conv_w - 1)
+    p = (len(k) - factor) - (conv_w - 1)
     # Departure: the original flipped w with a negative-step slice, which torch rejects (ValueError), and passed a
     # TF-style 4-element stride, so every upsampling FIR convolution (--progressive residual) crashed. torch.flip
     # and stride=factor are the working equivalents: the result is a zero-insert upsample, FIR blur and 3x3 conv.
     transposed_w = torch.flip(w, [2, 3]).transpose(0, 1).contiguous()
     x = F.conv_transpose2d(x, transposed_w, stride=factor, padding=0)
-    return upfirdn2d(x, kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
+    return fir_filter_2d(x, k, gain * factor ** 2, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
 
 
 def naive_upsample_2d(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
