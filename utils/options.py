@@ -137,6 +137,23 @@ def add_train_control_args(parser: argparse.ArgumentParser) -> None:
                    help="start a new run in an experiment folder that already holds one (its files are replaced)")
 
 
+def add_speed_args(parser: argparse.ArgumentParser, training: bool = False) -> None:
+    """Speed options (all off by default = the faithful computation); see utils/fast.py and the README's Speed."""
+    g = parser.add_argument_group("speed (off by default; results then match the original's computation)")
+    g.add_argument("--amp", action="store_true", default=False,
+                   help="bfloat16 autocast (fast on recent GPUs; on CPUs without AMX it is slower)")
+    g.add_argument("--channels_last", action="store_true", default=False,
+                   help="keep feature maps in channels-last memory layout (faster convolutions)")
+    g.add_argument("--compile", action="store_true", default=False,
+                   help="torch.compile the networks (the first batches are slow while it compiles)")
+    g.add_argument("--fast_paths", action="store_true", default=False,
+                   help="faster inner loops: fused attention (scaled_dot_product_attention), transposed-convolution "
+                        "upsampling, fused AdaGN (equal to rounding)")
+    if training:
+        g.add_argument("--fused_adam", action="store_true", default=False,
+                       help="fused Adam kernel on CUDA (ignored on the CPU)")
+
+
 def add_compat_test_args(parser: argparse.ArgumentParser) -> None:
     """Flags the original test.py took but never used; accepted so its README command runs unchanged."""
     g = parser.add_argument_group("accepted for compatibility (no effect)")
