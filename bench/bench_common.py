@@ -1,0 +1,161 @@
+"""Helpers shared by the benchmark scripts and their measurement workers.
+
+This module imports neither our `utils`/`backbones` nor the original's (both packages have those names), so a
+worker can load it whichever code it is about to time. Each measurement runs in a fresh worker process
+(`python bench/bench_worker.py SPEC.json`): ours and the original's then start from the same state, their peak
+memory is their own, and the two codebases never meet in one interpreter.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).resolve().with_name("bench_worker.py")
+RESULTS_DIR = ROOT / "bench" / "results"
+
+# The README training configuration: what the original's command line resolves to (ARCH_SPEC §1).
+README_MODEL = dict(
+    image_size=256, num_channels=1, centered=True, num_channels_dae=64, n_mlp=3, ch_mult=[1, 2, 4],
+    num_res_blocks=2, attn_resolutions=[16], dropout=0.0, resamp_with_conv=True, conditional=True, fir=True,
+    fir_kernel=[1, 3, 3, 1], skip_rescale=True, resblock_type="biggan", progressive="none",
+    progressive_input="residual", progressive_combine="sum", embedding_type="positional", fourier_scale=16.0,
+    not_use_tanh=False, nz=100, z_emb_dim=256, t_emb_dim=256, ngf=64,
+    num_timesteps=4, beta_min=0.1, beta_max=20.0, use_geometric=False,
+    lr_g=1.6e-4, lr_d=1e-4, beta1=0.5, beta2=0.9, r1_gamma=1.0, lazy_reg=10, lambda_l1_loss=0.5,
+    lambda_mask_loss=0.1, lambda_adv=1.0,
+)
+# A small configuration for smoke runs (the reference fixtures' one: 64x64, two levels; nf stays 64 because the
+# original's generator 2 only builds with 64 base channels).
+TINY_MODEL = dict(README_MODEL, image_size=64, ch_mult=[1, 1], num_res_blocks=1, attn_resolutions=[32],
+                  z_emb_dim=32, t_emb_dim=32, ngf=4)
+
+
+def model_config(image_size: int, tiny: bool) -> dict:
+    """The README (or tiny) configuration at `image_size`."""
+    return dict(TINY_MODEL if tiny else README_MODEL, image_size=image_size)
+
+
+def add_common_args(parser: Any, default_batches: list[int] | None = None) -> None:
+    """Options every benchmark script takes."""
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--image_size", type=int, default=256, help="slice size (README: 256)")
+    parser.add_argument("--tiny", action="store_true", help="small networks (a smoke run, not a figure)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="CPU intra-op threads for both codes (default: torch's default here)")
+    parser.add_argument("--amp", action="store_true", help="ours with bf16 autocast")
+    parser.add_argument("--channels_last", action="store_true", help="ours with channels_last")
+    parser.add_argument("--compile", action="store_true", help="ours with torch.compile")
+    parser.add_argument("--fast_paths", action="store_true", help="ours with the fast inner loops")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (compilation, allocator)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
+    parser.add_argument("--reference", default=None, metavar="PATH",
+                        help="checkout of the original code (outside this repository): also time it, same work")
+    parser.add_argument("--reference_reuse_memory", action="store_true",
+                        help="give the original our CPU malloc setting too (utils/cpu_memory.py), for comparison")
+    parser.add_argument("--out", default=None, help="JSON output (default: bench/results/<script>_<device>.json)")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds each worker may run")
+
+
+def speed_flags(args: Any) -> dict:
+    """Our speed options from the parsed command line."""
+    return {name: bool(getattr(args, name)) for name in ("amp", "channels_last", "compile", "fast_paths",
+                                                         "fused_adam") if hasattr(args, name)}
+
+
+def check_reference(path: str | None) -> Path | None:
+    """The original's checkout, or None; SystemExit with one line when it is not one or lies inside this repo."""
+    if path is None:
+        return None
+    ref = Path(path).resolve()
+    if not (ref / "backbones" / "ncsnpp_generator_adagn_feat.py").is_file() or not (ref / "train.py").is_file():
+        raise SystemExit(f"error: --reference {path}: no backbones/ncsnpp_generator_adagn_feat.py and train.py "
+                         "there; point it at a checkout of the original MU-Diff code")
+    if ref == ROOT or ROOT in ref.parents:
+        raise SystemExit(f"error: --reference {path} lies inside this repository; check the original out elsewhere "
+                         "(e.g. /tmp/mudiff_orig)")
+    return ref
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock times cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
+    """Seconds for `repeats` calls of fn (GPU work included)."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def environment(device: torch.device, threads: int) -> dict:
+    """What the figures were measured on."""
+    info = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+            "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "threads": threads, "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (or the platform's processor string)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def run_worker(spec: dict, timeout: int) -> dict:
+    """Run one measurement in a fresh process (see bench_worker.py) and return its JSON result."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
+    proc = subprocess.run([sys.executable, str(WORKER), json.dumps(spec)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=str(ROOT))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise SystemExit(f"error: the {spec['impl']} {spec['task']} worker failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(lines[-1])
+
+
+def save_results(result: dict, out: str | None, default_name: str) -> Path:
+    """Write the result JSON atomically (utils.fileio; only the scripts, never a worker, call this)."""
+    from utils.fileio import save_json
+
+    path = Path(out) if out else RESULTS_DIR / default_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_json(result, path)
+    return path
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """The command as typed from the repository root."""
+    return " ".join(["python", f"bench/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def ratio(ours: float | None, theirs: float | None) -> float | None:
+    """ours / theirs, or None when either is missing."""
+    if not ours or not theirs:
+        return None
+    return ours / theirs
