@@ -1,4 +1,5 @@
 """Shared test fixtures: the repository root on sys.path and the reference material beside the checkout."""
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -12,6 +13,23 @@ if str(ROOT) not in sys.path:
 
 # The authors' numbers live in ../shared/reference beside a developer's checkout; a user's clone has no such folder.
 REFERENCE_DIR = Path(os.environ.get("MUDIFF_REFERENCE", ROOT.parent / "shared" / "reference"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module: tiny networks gain nothing from more, and a shared machine loses."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def load_script(filename: str, module_name: str):
+    """A top-level script as a module, by path (`import test` could pick up Python's own test package)."""
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / filename)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

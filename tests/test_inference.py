@@ -1,6 +1,5 @@
 """test.py slice mode: the README command, output layout, geometry, seeds, batching, checkpoint choice, uncertainty."""
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY_MODEL_ARGS, save_tiny_experiment, save_tiny_slices
+from conftest import ROOT, load_script, TINY_MODEL_ARGS, save_tiny_experiment, save_tiny_slices
 from utils.errors import UserError, run_cli
 from utils.images import read_image
 from utils.inference import resolve_device
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # The README's test command, with the data and results folders of the test (input path without trailing slash).
 README_TEST = ("--image_size 256 --exp exp_brats --num_channels 1 --num_channels_dae 64 --ch_mult 1 2 4 "
@@ -20,24 +21,7 @@ README_TEST = ("--image_size 256 --exp exp_brats --num_channels 1 --num_channels
 COUNT, HEIGHT, WIDTH = 5, 60, 52
 
 
-def _load_test_script():
-    """test.py as a module (by path: `import test` could pick up Python's own test package)."""
-    spec = importlib.util.spec_from_file_location("mudiff_test_script", ROOT / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-test_script = _load_test_script()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the networks are tiny, and extra threads only add waiting on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+test_script = load_script("test.py", "mudiff_test_script")
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ from backbones.up_or_down_sampling import conv_downsample_2d, downsample_2d, set
 from utils.errors import UserError
 from utils.options import add_diffusion_args, add_model_args
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 FIR = (1, 3, 3, 1)
 
@@ -89,19 +91,6 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 def fingerprint(tensor: torch.Tensor) -> str:
     """sha256[:16] of the tensor's bytes (the harness's format)."""
     return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread, as the reference harness used; restored afterwards.
-
-    These networks are tiny, so per-op overhead dominates and extra threads only add synchronisation, which is
-    very slow on a shared, busy machine.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # ----------------------------------------------------------------------------------------------- import and keys

@@ -1,5 +1,4 @@
 """Whole-volume NIfTI mode: geometry and header round trip, brain-only output, case folders, errors."""
-import importlib.util
 from pathlib import Path
 
 import nibabel as nib
@@ -7,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, save_tiny_experiment
+from conftest import ROOT, load_script, save_tiny_experiment
 from utils.errors import UserError, run_cli
 from utils.nifti import case_name, find_case_files, model_slices_to_volume, volume_to_model_slices
 from utils.preprocessing import normalize_volume
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SHAPE = (50, 44, 10)
 BRAIN_SLICES = range(3, 8)
@@ -18,24 +19,7 @@ HEADER_FIELDS = ("dim", "pixdim", "qform_code", "sform_code", "quatern_b", "quat
                  "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units", "descrip", "intent_code")
 
 
-def _load_test_script():
-    """test.py as a module (by path: `import test` could pick up Python's own test package)."""
-    spec = importlib.util.spec_from_file_location("mudiff_test_script_nifti", ROOT / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-test_script = _load_test_script()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the networks are tiny, and extra threads only add waiting on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+test_script = load_script("test.py", "mudiff_test_script_nifti")
 
 
 def _affine() -> np.ndarray:
