@@ -11,13 +11,22 @@ faster formulations that agree with the faithful ones only to rounding (tests/te
 
 The switch is a plain module global read at call time: set it once at start-up (before building or compiling the
 networks); it applies to every thread. `fast_paths(...)` sets it for a block and restores the previous value.
+
+Separately, `condition_feature_cache()` opens a scope (one sampler run) in which generator 1 encodes a given set of
+condition tensors only once: the conditions do not change between the T steps, and neither do the weights inside
+one run, so the repeated encodings were identical work. It is exact (same operations on the same data) and only
+used without autograd.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
+
+import torch
 
 _enabled = False
+# Active condition-feature cache: (generator id, condition ids) -> (features, the conditions themselves).
+_condition_cache: dict | None = None
 
 
 def set_fast_paths(enabled: bool) -> None:
@@ -42,4 +51,33 @@ def fast_paths(enabled: bool = True) -> Iterator[None]:
         set_fast_paths(previous)
 
 
-__all__ = ["fast_paths", "fast_paths_enabled", "set_fast_paths"]
+@contextlib.contextmanager
+def condition_feature_cache() -> Iterator[None]:
+    """Inside the block, encode_conditions computes each (generator, condition tensors) pair only once."""
+    global _condition_cache
+    previous = _condition_cache
+    _condition_cache = {}
+    try:
+        yield
+    finally:
+        _condition_cache = previous
+
+
+def encode_conditions(owner: object, encoders: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+                      conditions: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """[encoder(condition) ...], reused from the active condition_feature_cache for the same tensors.
+
+    The cache key is the identity of the owner and of the condition tensors; the entry keeps the tensors alive, so
+    an identity cannot be reused by another tensor while the scope lasts. With autograd on, or while torch.compile
+    traces, nothing is cached.
+    """
+    cache = _condition_cache
+    if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return [encoder(condition) for encoder, condition in zip(encoders, conditions)]
+    key = (id(owner), *(id(condition) for condition in conditions))
+    if key not in cache:
+        cache[key] = ([encoder(condition) for encoder, condition in zip(encoders, conditions)], tuple(conditions))
+    return cache[key][0]
+
+
+__all__ = ["condition_feature_cache", "encode_conditions", "fast_paths", "fast_paths_enabled", "set_fast_paths"]

@@ -15,6 +15,7 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
+from backbones.fast_paths import encode_conditions
 from backbones.layers import GaussianFourierProjection, PixelNorm, conv3x3, ddpm_linear, dense, \
     get_timestep_embedding
 from backbones.layerspp import AttnBlockpp, Combine, ConvBlock, ConvBlock_GAP, ConvFeatBlock, Downsample, \
@@ -284,7 +285,9 @@ class NCSNpp(_NCSNppBase):
         """Predict x0 from x = x_{t+1} (B,C,H,W), the conditions, integer t (B,) and z (B, nz)."""
         x, temb, zemb, modules = self._prepare(x, time_cond, z)
         input_pyramid = x if self.progressive_input != "none" else None
-        feats = [next(modules)(image) for image in (x, cond1, cond2, cond3)]
+        stems = [next(modules) for _ in range(4)]
+        # The condition encodings do not depend on x, t or z: a sampler run computes them once (see fast_paths).
+        feats = [stems[0](x), *encode_conditions(self, stems[1:], (cond1, cond2, cond3))]
         return self._unet(torch.cat(feats, dim=1), input_pyramid, temb, zemb, modules)
 
 
