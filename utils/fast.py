@@ -16,7 +16,7 @@ from typing import Any, Callable, ContextManager, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from backbones import set_fast_paths
+from backbones import condition_feature_cache, set_fast_paths
 from utils.cpu_memory import reuse_freed_cpu_memory
 from utils.diffusion import Posterior_Coefficients, sample_from_model
 
@@ -52,10 +52,11 @@ def apply_fast_paths(options: SpeedOptions) -> None:
 
 
 def prepare_process(options: SpeedOptions, device: torch.device | str) -> None:
-    """Process-wide settings for a run: the networks' inner loops as `options` says and, on the CPU with any speed
-    option on, malloc reuse (see reuse_freed_cpu_memory). With no option on it only makes sure the faithful inner
-    loops are selected."""
-    apply_fast_paths(options)
+    """Process-wide settings for a run with speed options: the fast inner loops with --fast_paths and, on the CPU
+    with any option on, malloc reuse (see reuse_freed_cpu_memory). Without options it changes nothing (a program
+    that switched the fast paths on itself keeps them)."""
+    if options.fast_paths:
+        apply_fast_paths(options)
     if options.enabled() and torch.device(device).type == "cpu":
         reuse_freed_cpu_memory()
 
@@ -102,9 +103,10 @@ def fast_sample(pc: Posterior_Coefficients, gen1: Callable[..., Tensor], cond1: 
     """sample_from_model under torch.inference_mode (and bf16 autocast with `amp`), float32 results.
 
     The random draws and their order are those of sample_from_model, so the same seed gives the same noise; the
-    whole loop stays on x_init's device (no host round trip between steps).
+    whole loop stays on x_init's device (no host round trip between steps). Generator 1 encodes the conditions
+    once per run instead of once per step (backbones.condition_feature_cache: the same operations, the same bits).
     """
-    with torch.inference_mode(), autocast_context(x_init.device, amp):
+    with torch.inference_mode(), autocast_context(x_init.device, amp), condition_feature_cache():
         out = sample_from_model(pc, gen1, cond1, gen2, cond2, cond3, n_time, x_init, opt=opt, return_x0=return_x0)
     if return_x0:
         return as_float(out)

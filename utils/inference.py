@@ -17,11 +17,12 @@ from torch import Tensor, nn
 from backbones import build_critic, build_generators
 from utils.checkpoint import load_state, read_checkpoint
 from utils.data import resolve_contrasts
-from utils.diffusion import Posterior_Coefficients, sample_from_model
+from utils.diffusion import Posterior_Coefficients
 from utils.errors import UserError
+from utils.fast import SpeedOptions, fast_sample, prepare_module, prepare_process
 from utils.options import (DATA_KEYS, DIFFUSION_KEYS, MODEL_KEYS, add_compat_test_args, add_data_args,
-                           add_diffusion_args, add_model_args, add_run_args, apply_config, experiment_dir,
-                           load_config)
+                           add_diffusion_args, add_model_args, add_run_args, add_speed_args, apply_config,
+                           experiment_dir, load_config)
 
 GENERATOR_NAMES = ("gen_diffusive_1", "gen_diffusive_2")
 CONTENT_NAME = "content.pth"
@@ -64,6 +65,7 @@ def make_parser() -> argparse.ArgumentParser:
     add_run_args(parser, batch_help="slices synthesised per forward pass")
     add_compat_test_args(parser)
     add_test_args(parser)
+    add_speed_args(parser)
     return parser
 
 
@@ -141,6 +143,7 @@ class Experiment:
     att_proj: nn.Module | None = None
     critic_note: str = ""
     contrasts: list[str] = field(default_factory=list)
+    speed: SpeedOptions = field(default_factory=SpeedOptions)
 
 
 def _load_critic(args: argparse.Namespace, exp_dir: Path, device: torch.device) -> tuple:
@@ -175,9 +178,11 @@ def load_experiment(args: argparse.Namespace, device: torch.device | None = None
     gen1, gen2 = build_generators(args)
     for model, path in zip((gen1, gen2), files):
         load_state(model, path, path.stem)
-    experiment = Experiment(args=args, gen1=gen1.to(device).eval(), gen2=gen2.to(device).eval(),
-                            coefficients=Posterior_Coefficients(args, device), device=device, files=files,
-                            contrasts=list(args.contrasts))
+    speed = SpeedOptions.from_args(args)
+    prepare_process(speed, device)
+    gen1, gen2 = (prepare_module(gen.eval(), device, speed.channels_last, speed.compile) for gen in (gen1, gen2))
+    experiment = Experiment(args=args, gen1=gen1, gen2=gen2, coefficients=Posterior_Coefficients(args, device),
+                            device=device, files=files, contrasts=list(args.contrasts), speed=speed)
     if with_critic:
         experiment.critic, experiment.att_proj, experiment.critic_note = _load_critic(args, exp_dir, device)
     return experiment
@@ -237,8 +242,9 @@ def synthesize(exp: Experiment, cond1: Tensor, cond2: Tensor, cond3: Tensor, unc
     cond1, cond2, cond3 = (c.to(exp.device, non_blocking=True) for c in (cond1, cond2, cond3))
     x_init = torch.randn_like(cond1)
     recorder = _InputRecorder(exp.gen1)
-    sample, x0_1, x0_2 = sample_from_model(exp.coefficients, recorder, cond1, exp.gen2, cond2, cond3,
-                                           exp.args.num_timesteps, x_init, opt=exp.args, return_x0=True)
+    # inference_mode (and bf16 autocast with --amp); with no speed option the bits of sample_from_model.
+    sample, x0_1, x0_2 = fast_sample(exp.coefficients, recorder, cond1, exp.gen2, cond2, cond3,
+                                     exp.args.num_timesteps, x_init, exp.args, amp=exp.speed.amp, return_x0=True)
     result = Synthesis(sample=sample)
     if not uncertainty:
         return result
@@ -262,8 +268,9 @@ def seed_everything(seed: int) -> None:
 def describe(exp: Experiment) -> str:
     """One line naming the checkpoints, the contrast order, T and the device."""
     c = exp.contrasts
+    speed = f"; speed options {exp.speed.describe()}" if exp.speed.enabled() else ""
     return (f"generators {', '.join(str(f) for f in exp.files)}; {c[0]}, {c[1]}, {c[2]} -> {c[3]}; "
-            f"T = {exp.args.num_timesteps}; device {exp.device}")
+            f"T = {exp.args.num_timesteps}; device {exp.device}{speed}")
 
 
 __all__ = [
