@@ -33,9 +33,11 @@ from utils.distributed import (LaunchPlan, ProcessLayout, all_reduce_mean, barri
                                free_port, gather_objects, init_group, launched_by_torchrun, plan_launch,
                                port_is_free, process_device, resolve_device_kind)
 from utils.errors import UserError, run_cli
+from utils.fast import SpeedOptions, autocast_context, prepare_module, prepare_process
 from utils.fileio import save_torch
 from utils.options import (DATA_KEYS, DIFFUSION_KEYS, MODEL_KEYS, add_data_args, add_diffusion_args, add_model_args,
-                           add_run_args, add_train_control_args, add_training_args, experiment_dir, save_config)
+                           add_run_args, add_speed_args, add_train_control_args, add_training_args, experiment_dir,
+                           save_config)
 from utils.plots import plot_curves, save_sample_grid
 from utils.training import (LOSS_NAMES, VAL_NAMES, Batch, CsvLog, Diffusion, Networks, build_optimisers,
                             step_schedulers, train_step, validate, validation_batches)
@@ -71,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(parser, batch_help="slices per process per step (the README uses 3)")
     add_training_args(parser)
     add_train_control_args(parser)
+    add_speed_args(parser, training=True)
     return parser
 
 
@@ -238,6 +241,13 @@ class Trainer:
         # Each rank was seeded differently (as in the original); rank 0's initial weights are everyone's.
         for net in self.nets.named().values():
             broadcast_module(net)
+        self.speed = SpeedOptions.from_args(args)
+        prepare_process(self.speed, self.device)
+        for net in (self.nets.gen1, self.nets.gen2):
+            prepare_module(net, self.device, self.speed.channels_last, self.speed.compile)
+        # The critic is never compiled: the R1 penalty differentiates through it twice, which compiled graphs
+        # do not support.
+        prepare_module(self.nets.critic, self.device, self.speed.channels_last)
         self.opts = build_optimisers(self.nets, args)
         self.diff = Diffusion(Diffusion_Coefficients(args, self.device), Posterior_Coefficients(args, self.device),
                               args.num_timesteps)
@@ -337,7 +347,8 @@ class Trainer:
         pending: list[tuple[int, int, torch.Tensor]] = []
         for iteration, items in enumerate(self.loader):
             batch = Batch.from_loader(items, self.device)
-            losses = train_step(self.nets, self.opts, batch, self.diff, args, self.global_step)
+            with autocast_context(self.device, self.speed.amp):
+                losses = train_step(self.nets, self.opts, batch, self.diff, args, self.global_step)
             pending.append((iteration, self.global_step, losses))
             self.global_step += 1
             if len(pending) >= LOG_EVERY or iteration == self.plan.steps_per_epoch - 1:
@@ -481,6 +492,7 @@ def describe(args: Namespace, plan: RunPlan) -> str:
         f"  steps      {plan.steps_per_epoch} per epoch, epochs {plan.start_epoch + 1}..{plan.stop_epoch} "
         f"({epochs * plan.steps_per_epoch} steps), T = {args.num_timesteps}, R1 every {args.lazy_reg} steps",
         "  parameters " + ", ".join(f"{k} {v:,}" for k, v in counts.items()),
+        f"  speed      {SpeedOptions.from_args(args).describe()}",
         f"  output     {plan.exp_dir}" + (" (resuming)" if args.resume else ""),
     ]
     return "\n".join(lines)

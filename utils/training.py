@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from utils.diffusion import (Diffusion_Coefficients, Posterior_Coefficients, q_sample_pairs, sample_from_model,
-                             sample_posterior)
+from utils.diffusion import Diffusion_Coefficients, Posterior_Coefficients, q_sample_pairs, sample_posterior
 from utils.distributed import all_reduce_sum, average_gradients
 from utils.ema import EMA
+from utils.fast import SpeedOptions, fast_sample, make_adam
 from utils.fileio import save_text
 from utils.metrics import plain_metrics
 
@@ -88,11 +88,14 @@ class Diffusion:
 
 
 def build_optimisers(nets: Networks, args: Namespace) -> Optimisers:
-    """Adam (betas from --beta1/--beta2) and CosineAnnealingLR(T_max=num_epoch) per network, EMA if --use_ema."""
+    """Adam (betas from --beta1/--beta2; the fused kernel with --fused_adam on CUDA) and
+    CosineAnnealingLR(T_max=num_epoch) per network, EMA if --use_ema."""
     betas = (args.beta1, args.beta2)
-    opt_g1 = torch.optim.Adam(nets.gen1.parameters(), lr=args.lr_g, betas=betas)
-    opt_g2 = torch.optim.Adam(nets.gen2.parameters(), lr=args.lr_g, betas=betas)
-    opt_d = torch.optim.Adam(nets.critic.parameters(), lr=args.lr_d, betas=betas)
+    device = next(nets.gen1.parameters()).device
+    fused = bool(getattr(args, "fused_adam", False))
+    opt_g1 = make_adam(nets.gen1.parameters(), args.lr_g, betas, device, fused)
+    opt_g2 = make_adam(nets.gen2.parameters(), args.lr_g, betas, device, fused)
+    opt_d = make_adam(nets.critic.parameters(), args.lr_d, betas, device, fused)
     schedulers = {
         name: torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.num_epoch, eta_min=LR_ETA_MIN)
         for name, opt in (("gen_diffusive_1", opt_g1), ("gen_diffusive_2", opt_g2), ("disc_diffusive_2", opt_d))
@@ -237,8 +240,8 @@ def validate(nets: Networks, dataset: torch.utils.data.Dataset, batches: Iterabl
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(args.seed + indices[0])
                 x_init = torch.randn_like(batch.target)
-                fake = sample_from_model(diff.pos_coeff, nets.gen1, batch.cond1, nets.gen2, batch.cond2,
-                                         batch.cond3, diff.num_timesteps, x_init, opt=args)
+                fake = fast_sample(diff.pos_coeff, nets.gen1, batch.cond1, nets.gen2, batch.cond2, batch.cond3,
+                                   diff.num_timesteps, x_init, args, amp=SpeedOptions.from_args(args).amp)
             real01, fake01 = to_unit_range(batch.target), to_unit_range(fake)
             for real_slice, fake_slice in zip(real01, fake01):
                 scores = plain_metrics(real_slice, fake_slice)
