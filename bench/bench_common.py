@@ -92,14 +92,18 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
-    """Seconds for `repeats` calls of fn (GPU work included)."""
+def timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) for `repeats` calls of fn (GPU work included in the wall time).
+
+    The CPU time (user + system, all threads) is what a CPU run costs even when other processes share the cores;
+    wall time alone is inflated by them.
+    """
     synchronize(device)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(repeats):
         fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def peak_rss_mib() -> float:

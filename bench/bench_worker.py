@@ -2,8 +2,9 @@
 
 spec: impl ("ours" or "reference"), task ("sampling" or "training"), model (option dict), device, threads, seed,
 warmup, flags (our speed options), reference (the original's checkout), reuse_memory (give the original our CPU
-malloc setting too), and batches + repeats (sampling) or batch + steps (training). The scripts bench_sampling.py and bench_training.py write the specs; this file is not
-meant to be run by hand.
+malloc setting too), check_amp (sampling: also compare float32 and bf16 samples), and batches + repeats
+(sampling) or batch + steps (training). bench_sampling.py and bench_training.py write the specs; this file is
+not meant to be run by hand.
 
 For the original, its checkout goes first on sys.path and two stand-ins are registered before its networks are
 imported: `utils.op` (its compiled CUDA extension, JIT-built at import) with our pure-PyTorch `upfirdn2d`, which
@@ -47,10 +48,11 @@ def measure_sampling(spec: dict, sample: Callable[..., Any]) -> dict:
         torch.manual_seed(spec["seed"])
         for _ in range(spec["warmup"]):
             sample(*inputs)
-        seconds = timed(lambda: sample(*inputs), spec["repeats"], device)
+        seconds, cpu_seconds = timed(lambda: sample(*inputs), spec["repeats"], device)
         slices = batch * spec["repeats"]
-        rows.append({"batch": batch, "repeats": spec["repeats"], "seconds": seconds,
-                     "slices_per_s": slices / seconds, "seconds_per_slice": seconds / slices})
+        rows.append({"batch": batch, "repeats": spec["repeats"], "seconds": seconds, "cpu_seconds": cpu_seconds,
+                     "slices_per_s": slices / seconds, "seconds_per_slice": seconds / slices,
+                     "cpu_seconds_per_slice": cpu_seconds / slices})
     return {"rows": rows}
 
 
@@ -69,8 +71,9 @@ def measure_training(spec: dict, step: Callable[[int], Any]) -> dict:
     for global_step in range(spec["warmup"]):
         step(global_step)
     first = spec["warmup"]
-    seconds = timed(lambda: [step(s) for s in range(first, first + spec["steps"])], 1, device)
-    out = {"steps": spec["steps"], "seconds": seconds, "steps_per_s": spec["steps"] / seconds,
+    seconds, cpu_seconds = timed(lambda: [step(s) for s in range(first, first + spec["steps"])], 1, device)
+    out = {"steps": spec["steps"], "seconds": seconds, "cpu_seconds": cpu_seconds,
+           "steps_per_s": spec["steps"] / seconds, "cpu_seconds_per_step": cpu_seconds / spec["steps"],
            "first_timed_step": first, "peak_rss_mib": peak_rss_mib(), "rss_before_training_mib": rss_before}
     if device.type == "cuda":
         out["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
