@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -24,14 +26,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import backbones
 from backbones import build_critic, build_generators, fast_paths, fast_paths_enabled, set_fast_paths
 from backbones import up_or_down_sampling as fir
-from backbones.layerspp import AdaptiveGroupNorm, AttnBlockpp
+from backbones.layerspp import AdaptiveGroupNorm, AttnBlockpp, ConvFeatBlock
 from backbones.upfirdn2d import upfirdn2d
+from conftest import load_script, save_tiny_experiment, save_tiny_slices
+import train
 from utils.diffusion import Diffusion_Coefficients, Posterior_Coefficients, q_sample_pairs, sample_from_model, \
     sample_posterior
-from utils.fast import (SpeedOptions, autocast_context, fast_sample, make_adam, prepare_generators,
-                        prepare_module, prepare_process)
+from utils.fast import SpeedOptions, autocast_context, fast_sample, make_adam, prepare_generators, prepare_module
 from utils.options import add_diffusion_args, add_model_args, add_speed_args, add_training_args
-from utils.training import Batch, Diffusion, Networks, Optimisers, critic_step
+from utils.training import Batch, Diffusion, Networks, critic_step
 
 ROOT = Path(__file__).resolve().parents[1]
 # The paper's best mean PSNR (BraTS T2, 25.04 dB). If |amp - fp32| has PSNR P_d, then for a model with PSNR P
@@ -363,6 +366,50 @@ def test_no_float64_on_the_sampling_path(fast):
 
 
 # ---------------------------------------------------------------------------------------------------- sampling
+def count_stem_calls(gen1: nn.Module) -> list[int]:
+    """Count the calls of generator 1's four input encoders (x, cond1, cond2, cond3), via forward hooks."""
+    counts = [0, 0, 0, 0]
+    # all_modules 2..5, after the two time-embedding Linears (ARCH_SPEC §3.3).
+    for index in range(4):
+        stem = gen1.all_modules[2 + index]
+        assert isinstance(stem, ConvFeatBlock)
+        stem.register_forward_hook(lambda *_, i=index: counts.__setitem__(i, counts[i] + 1))
+    return counts
+
+
+def test_condition_encodings_are_computed_once_per_sampler_run():
+    """Inside condition_feature_cache (without autograd) the three condition encoders run once for repeated calls
+    with the same tensors, the x encoder every call, and the outputs keep their bits; new tensors or autograd
+    recompute."""
+    args, gen1, _ = tiny_generators()
+    counts = count_stem_calls(gen1)
+    x, c1, c2, c3, t, z = gen_inputs(args, 2)
+    with torch.no_grad():
+        expected = gen1(x, c1, c2, c3, t, z)
+        counts[:] = [0, 0, 0, 0]
+        with backbones.condition_feature_cache():
+            outputs = [gen1(x, c1, c2, c3, t, z) for _ in range(3)]
+            assert counts == [3, 1, 1, 1]
+            gen1(x, c1.clone(), c2, c3, t, z)
+            assert counts == [4, 2, 2, 2]
+        gen1(x, c1, c2, c3, t, z)  # outside the scope: no cache
+        assert counts == [5, 3, 3, 3]
+    assert all(torch.equal(out, expected) for out in outputs)
+    with backbones.condition_feature_cache():
+        gen1(x, c1, c2, c3, t, z)
+        gen1(x, c1, c2, c3, t, z)
+    assert counts == [7, 5, 5, 5]  # autograd on: nothing cached
+
+
+def test_fast_sample_encodes_the_conditions_once():
+    """A T-step fast_sample run calls generator 1's condition encoders once and its x encoder T times."""
+    args, gen1, gen2 = tiny_generators(num_timesteps=4)
+    counts = count_stem_calls(gen1)
+    x, c1, c2, c3, _, _ = gen_inputs(args, 2)
+    fast_sample(Posterior_Coefficients(args), gen1, c1, gen2, c2, c3, args.num_timesteps, x, args)
+    assert counts == [4, 1, 1, 1]
+
+
 def test_fast_sample_without_options_is_the_faithful_sampler():
     """fast_sample (inference_mode, no autocast) gives sample_from_model's bits for the same seed."""
     args, gen1, gen2 = tiny_generators()
@@ -488,7 +535,7 @@ def test_training_step_with_speed_options_stays_close():
     results = {}
     for name, options in (("faithful", SpeedOptions()), ("fast", SpeedOptions(fast_paths=True, channels_last=True)),
                           ("amp", SpeedOptions(fast_paths=True, channels_last=True, amp=True))):
-        prepare_process(SpeedOptions(fast_paths=options.fast_paths), "cpu")
+        set_fast_paths(options.fast_paths)
         trial = copy.deepcopy(nets)
         for net in (trial.gen1, trial.gen2, trial.critic):
             prepare_module(net, "cpu", options.channels_last)
@@ -516,6 +563,58 @@ def test_fused_adam_falls_back_on_the_cpu():
     with pytest.warns(UserWarning, match="fused_adam"):
         opt = make_adam(params, 1e-3, (0.5, 0.9), torch.device("cpu"), fused=True)
     assert not opt.defaults.get("fused")
+
+
+# ------------------------------------------------------------------------------------- test.py and train.py
+def test_test_py_speed_flags(tmp_path):
+    """test.py with --fast_paths --channels_last writes the faithful samples to rounding; with --amp within the
+    0.5 dB criterion (see test_bf16_autocast_sampling_meets_the_half_db_criterion)."""
+    script = load_script("test.py", "mudiff_test_script_speed")
+    save_tiny_slices(tmp_path / "BRATS", count=3)
+    save_tiny_experiment(tmp_path / "results" / "exp")
+    base = ["--exp", "exp", "--input_path", str(tmp_path / "BRATS"), "--output_path", str(tmp_path / "results"),
+            "--num_workers", "0", "--batch_size", "2", "--device", "cpu"]
+    synth = {}
+    for name, flags in (("faithful", []), ("fast", ["--fast_paths", "--channels_last"]), ("amp", ["--amp"])):
+        synth[name] = torch.from_numpy(np.load(script.main(base + flags) / "synth.npy"))
+        set_fast_paths(False)
+    assert synth["faithful"].std() > 0.01
+    torch.testing.assert_close(synth["fast"], synth["faithful"], rtol=0, atol=1e-5)
+    assert psnr01(synth["amp"] * 2 - 1, synth["faithful"] * 2 - 1) >= PAPER_BEST_PSNR + WORST_CASE_MARGIN_DB
+
+
+def write_training_data(root: Path, size: int = 64) -> Path:
+    """A tiny preprocessed dataset: train (4 slices) and val (2) of the four BraTS contrasts, smooth blobs."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for split, count in (("train", 4), ("val", 2)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for k, name in enumerate(("FLAIR", "T2", "T1", "T1ce")):
+            blobs = [np.exp(-((yy - 0.5) ** 2 + (xx - 0.4 - 0.05 * i) ** 2) * (6 + k)) for i in range(count)]
+            np.save(root / split / f"{name}.npy", np.stack(blobs).astype(np.float32))
+    return root
+
+
+def test_train_py_speed_flags_keep_the_first_step(tmp_path):
+    """train.py with the speed options trains, and its first logged losses equal the faithful run's to rounding
+    (fast paths, channels_last) or to bf16 precision (--amp): same data, seed and random draws."""
+    data = write_training_data(tmp_path / "data")
+    base = ["--image_size", "64", "--ch_mult", "1", "1", "--num_res_blocks", "1", "--num_channels_dae", "16",
+            "--ngf", "4", "--z_emb_dim", "16", "--t_emb_dim", "16", "--attn_resolutions", "32",
+            "--num_timesteps", "2", "--batch_size", "2", "--num_epoch", "1", "--num_workers", "0", "--device", "cpu",
+            "--input_path", str(data), "--output_path", str(tmp_path / "runs")]
+    first = {}
+    for name, flags in (("faithful", []), ("fast", ["--fast_paths", "--channels_last"]),
+                        ("amp", ["--fast_paths", "--amp"])):
+        train.main(base + ["--exp", name] + flags)
+        set_fast_paths(False)
+        with open(tmp_path / "runs" / name / "log.csv", newline="") as fh:
+            row = next(csv.DictReader(fh))
+        first[name] = torch.tensor([float(row[k]) for k in ("errD_real", "errD_fake", "r1_penalty", "errG_adv",
+                                                              "errG_L1", "mask_loss", "errG")])
+        assert (tmp_path / "runs" / name / "gen_diffusive_1_1.pth").is_file()
+    assert torch.isfinite(first["faithful"]).all()
+    torch.testing.assert_close(first["fast"], first["faithful"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(first["amp"], first["faithful"], rtol=3e-2, atol=1e-3)
 
 
 # ------------------------------------------------------------------------------------------ options and process
