@@ -73,16 +73,18 @@ def speed_flags(args: Any) -> dict:
 
 
 def check_reference(path: str | None) -> Path | None:
-    """The original's checkout, or None; SystemExit with one line when it is not one or lies inside this repo."""
+    """The original's checkout, or None; a UserError when it is not one or lies inside this repository."""
+    from utils.errors import UserError  # only the scripts call this; workers never import our utils
+
     if path is None:
         return None
     ref = Path(path).resolve()
-    if not (ref / "backbones" / "ncsnpp_generator_adagn_feat.py").is_file() or not (ref / "train.py").is_file():
-        raise SystemExit(f"error: --reference {path}: no backbones/ncsnpp_generator_adagn_feat.py and train.py "
-                         "there; point it at a checkout of the original MU-Diff code")
     if ref == ROOT or ROOT in ref.parents:
-        raise SystemExit(f"error: --reference {path} lies inside this repository; check the original out elsewhere "
-                         "(e.g. /tmp/mudiff_orig)")
+        raise UserError(f"--reference {path} lies inside this repository; check the original out elsewhere "
+                        "(e.g. /tmp/mudiff_orig)")
+    if not (ref / "backbones" / "ncsnpp_generator_adagn_feat.py").is_file() or not (ref / "train.py").is_file():
+        raise UserError(f"--reference {path}: no backbones/ncsnpp_generator_adagn_feat.py and train.py there; "
+                        "point it at a checkout of the original MU-Diff code")
     return ref
 
 
@@ -138,8 +140,12 @@ def run_worker(spec: dict, timeout: int) -> dict:
                           timeout=timeout, env=env, cwd=str(ROOT))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise SystemExit(f"error: the {spec['impl']} {spec['task']} worker failed (exit {proc.returncode}):\n{tail}")
+        from utils.errors import UserError
+
+        print("\n".join(proc.stderr.strip().splitlines()[-15:]), file=sys.stderr)
+        killed = " (killed: out of memory?)" if proc.returncode == -9 else ""
+        raise UserError(f"the {spec['impl']} {spec['task']} worker failed with exit status {proc.returncode}"
+                        f"{killed}; its last lines are above")
     return json.loads(lines[-1])
 
 

@@ -21,6 +21,8 @@ from bench_common import (add_common_args, check_reference, command_line, enviro
 
 import torch  # noqa: E402
 
+from utils.errors import UserError, run_cli  # noqa: E402
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
@@ -51,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     reference = check_reference(args.reference)
     if min(args.batches) < 1 or args.repeats < 1 or args.warmup < 0:
-        raise SystemExit("error: --batches and --repeats must be at least 1, --warmup at least 0")
+        raise UserError("--batches and --repeats must be at least 1, --warmup at least 0")
     base = {"task": "sampling", "model": model_config(args.image_size, args.tiny), "device": args.device,
             "threads": args.threads, "seed": args.seed, "warmup": args.warmup, "batches": args.batches,
             "repeats": args.repeats}
@@ -82,4 +84,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -23,6 +23,8 @@ from bench_common import (add_common_args, check_reference, command_line, enviro
 
 import torch  # noqa: E402
 
+from utils.errors import UserError, run_cli  # noqa: E402
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
@@ -45,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     reference = check_reference(args.reference)
     if args.batch < 1 or args.steps < 1 or args.warmup < 0:
-        raise SystemExit("error: --batch and --steps must be at least 1, --warmup at least 0")
+        raise UserError("--batch and --steps must be at least 1, --warmup at least 0")
     base = {"task": "training", "model": model_config(args.image_size, args.tiny), "device": args.device,
             "threads": args.threads, "seed": args.seed, "warmup": args.warmup, "batch": args.batch,
             "steps": args.steps}
@@ -76,4 +78,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -681,13 +681,12 @@ def test_bench_training_smoke_run_writes_json(tmp_path):
 
 
 def test_bench_refuses_a_reference_inside_the_repository(tmp_path):
-    """--reference must be a checkout of the original outside this repository."""
-    result = subprocess.run([sys.executable, "bench/bench_sampling.py", "--reference", str(tmp_path)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "original MU-Diff" in result.stderr
-    result = subprocess.run([sys.executable, "bench/bench_sampling.py", "--reference", str(ROOT)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
+    """--reference must be a checkout of the original outside this repository (one `error:` line, exit 2)."""
+    for path, message in ((tmp_path, "checkout of the original MU-Diff code"), (ROOT, "inside this repository")):
+        result = subprocess.run([sys.executable, "bench/bench_sampling.py", "--reference", str(path)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and result.stderr.startswith("error: ") and message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_bench_against_the_original_when_a_checkout_is_given(tmp_path):
