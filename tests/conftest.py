@@ -1,4 +1,5 @@
 """Shared test fixtures: the repository root on sys.path and the reference material beside the checkout."""
+import argparse
 import importlib.util
 import os
 import sys
@@ -11,8 +12,29 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from utils.options import add_diffusion_args, add_model_args  # noqa: E402
+
 # The authors' numbers live in ../shared/reference beside a developer's checkout; a user's clone has no such folder.
 REFERENCE_DIR = Path(os.environ.get("MUDIFF_REFERENCE", ROOT.parent / "shared" / "reference"))
+
+
+def model_args(**overrides) -> argparse.Namespace:
+    """The README configuration from the shared option parser, with overrides."""
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    add_diffusion_args(parser)
+    args = parser.parse_args([])
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
+def tiny_args(**overrides) -> argparse.Namespace:
+    """A small generator configuration (32x32, two levels, per-level and mid attention) for fast checks."""
+    base = dict(image_size=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[16], num_channels_dae=16,
+                nz=20, z_emb_dim=16, n_mlp=1, t_emb_dim=16, ngf=2)
+    base.update(overrides)
+    return model_args(**base)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from backbones import build_critic, build_generators, fast_paths, fast_paths_ena
 from backbones import up_or_down_sampling as fir
 from backbones.layerspp import AdaptiveGroupNorm, AttnBlockpp, ConvFeatBlock
 from backbones.upfirdn2d import upfirdn2d
-from conftest import load_script, save_tiny_experiment, save_tiny_slices
+from conftest import load_script, model_args, save_tiny_experiment, save_tiny_slices, tiny_args
 import train
 from utils.diffusion import Diffusion_Coefficients, Posterior_Coefficients, q_sample_pairs, sample_from_model, \
     sample_posterior
@@ -45,24 +45,6 @@ WORST_CASE_MARGIN_DB = -20 * math.log10(10 ** (0.5 / 20) - 1)  # 24.5 dB
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def model_args(**overrides) -> argparse.Namespace:
-    """README defaults from the shared parser, with overrides."""
-    parser = argparse.ArgumentParser()
-    add_model_args(parser)
-    add_diffusion_args(parser)
-    args = parser.parse_args([])
-    for key, value in overrides.items():
-        setattr(args, key, value)
-    return args
-
-
-def tiny_args(**overrides) -> argparse.Namespace:
-    """Two levels at 32x32 with attention at 16 (per-level and mid attention, FIR up and down, the pyramid)."""
-    base = dict(image_size=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[16], num_channels_dae=16,
-                nz=20, z_emb_dim=16, n_mlp=1, t_emb_dim=16, ngf=2, num_timesteps=4)
-    return model_args(**{**base, **overrides})
-
-
 def perturb_(model: nn.Module, seed: int) -> nn.Module:
     """O(1)-contributing random weights (fresh ones are mostly zero-scaled), scaled by 1/sqrt(fan-in)."""
     gen = torch.Generator().manual_seed(seed)

@@ -25,6 +25,8 @@ from backbones.up_or_down_sampling import conv_downsample_2d, downsample_2d, set
 from utils.errors import UserError
 from utils.options import add_diffusion_args, add_model_args
 
+from conftest import model_args, tiny_args
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,24 +34,6 @@ FIR = (1, 3, 3, 1)
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
-def model_args(**overrides) -> argparse.Namespace:
-    """The README configuration from the shared option parser, with overrides."""
-    parser = argparse.ArgumentParser()
-    add_model_args(parser)
-    add_diffusion_args(parser)
-    args = parser.parse_args([])
-    for key, value in overrides.items():
-        setattr(args, key, value)
-    return args
-
-
-def tiny_args(**overrides) -> argparse.Namespace:
-    """A small generator configuration (32x32, two levels) for fast invariant checks."""
-    base = dict(image_size=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[16], num_channels_dae=16,
-                nz=20, z_emb_dim=16, n_mlp=1, t_emb_dim=16, ngf=2)
-    return model_args(**{**base, **overrides})
-
-
 def perturb_(model: nn.Module, seed: int) -> nn.Module:
     """Replace the (mostly zero-scaled) initial weights by O(1)-contributing random ones, like the harness."""
     gen = torch.Generator().manual_seed(seed)
