@@ -23,7 +23,6 @@ from backbones.layerspp import AdaptiveGroupNorm, AttnBlockpp
 from backbones.up_or_down_sampling import conv_downsample_2d, downsample_2d, setup_kernel, upfirdn2d, \
     upsample_2d, upsample_conv_2d
 from utils.errors import UserError
-from utils.options import add_diffusion_args, add_model_args
 
 from conftest import model_args, tiny_args
 
