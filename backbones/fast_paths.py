@@ -71,9 +71,10 @@ def encode_conditions(owner: object, encoders: Sequence[Callable[[torch.Tensor],
     an identity cannot be reused by another tensor while the scope lasts. With autograd on, or while torch.compile
     traces, nothing is cached.
     """
-    cache = _condition_cache
-    if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+    # is_compiling() comes first so that torch.compile never reads (and guards on) the per-run cache object.
+    if torch.compiler.is_compiling() or torch.is_grad_enabled() or _condition_cache is None:
         return [encoder(condition) for encoder, condition in zip(encoders, conditions)]
+    cache = _condition_cache
     key = (id(owner), *(id(condition) for condition in conditions))
     if key not in cache:
         cache[key] = ([encoder(condition) for encoder, condition in zip(encoders, conditions)], tuple(conditions))

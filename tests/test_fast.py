@@ -445,6 +445,23 @@ def test_prepare_generators_and_compile_keep_checkpoint_keys():
         assert (a - b).abs().max() <= 1e-5 * b.abs().max()
 
 
+def test_compiled_generators_do_not_recompile_between_sampler_runs():
+    """With --compile, a second sampler run reuses the compiled graphs: neither the per-run condition cache nor the
+    kernel cache makes torch.compile guard on a per-run object (counted with dynamo's counting backend)."""
+    from torch._dynamo.testing import CompileCounter
+
+    args, gen1, gen2 = tiny_generators(num_timesteps=2)
+    counter = CompileCounter()
+    for gen in (gen1, gen2):
+        gen.compile(backend=counter)
+    pc = Posterior_Coefficients(args)
+    x, c1, c2, c3, _, _ = gen_inputs(args, 2)
+    fast_sample(pc, gen1, c1, gen2, c2, c3, args.num_timesteps, x, args)
+    compiled = counter.frame_count
+    fast_sample(pc, gen1, c1.clone(), gen2, c2, c3, args.num_timesteps, x, args)
+    assert compiled >= 2 and counter.frame_count == compiled
+
+
 # ---------------------------------------------------------------------------------------------------- training
 def critic_step_with_generator_autograd(nets: Networks, opt: torch.optim.Optimizer, batch: Batch,
                                         diff: Diffusion, args: argparse.Namespace, apply_r1: bool) -> None:
