@@ -145,7 +145,7 @@ def add_speed_args(parser: argparse.ArgumentParser, training: bool = False) -> N
     g.add_argument("--channels_last", action="store_true", default=False,
                    help="keep feature maps in channels-last memory layout (faster convolutions)")
     g.add_argument("--compile", action="store_true", default=False,
-                   help="torch.compile the networks (the first batches are slow while it compiles)")
+                   help="torch.compile the generators (the first batches are slow while it compiles)")
     g.add_argument("--fast_paths", action="store_true", default=False,
                    help="faster inner loops: fused attention (scaled_dot_product_attention), transposed-convolution "
                         "upsampling, fused AdaGN (equal to rounding)")
