@@ -1,6 +1,7 @@
 """Shared test fixtures: the repository root on sys.path and the reference material beside the checkout."""
 import argparse
 import importlib.util
+import math
 import os
 import sys
 from pathlib import Path
@@ -35,6 +36,24 @@ def tiny_args(**overrides) -> argparse.Namespace:
                 nz=20, z_emb_dim=16, n_mlp=1, t_emb_dim=16, ngf=2)
     base.update(overrides)
     return model_args(**base)
+
+
+def perturb_(model: torch.nn.Module, seed: int, noise_dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """Replace the (mostly zero-scaled) initial weights by O(1)-contributing random ones scaled by 1/sqrt(fan-in).
+
+    `noise_dtype` is the dtype the noise is drawn in (then cast), so a test can keep the exact draws it was written
+    with.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            noise = torch.randn(tensor.shape, generator=gen, dtype=noise_dtype).to(tensor.dtype)
+            if tensor.ndim <= 1:
+                tensor.add_(0.1 * noise)
+            else:
+                fan_in = tensor.shape[0] if name.endswith(".W") else tensor.numel() // tensor.shape[0]
+                tensor.copy_(noise / math.sqrt(fan_in))
+    return model
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from backbones import build_critic, build_generators, fast_paths, fast_paths_ena
 from backbones import up_or_down_sampling as fir
 from backbones.layerspp import AdaptiveGroupNorm, AttnBlockpp, ConvFeatBlock
 from backbones.upfirdn2d import upfirdn2d
-from conftest import load_script, model_args, save_tiny_experiment, save_tiny_slices, tiny_args
+from conftest import load_script, model_args, perturb_, save_tiny_experiment, save_tiny_slices, tiny_args
 import train
 from utils.diffusion import Diffusion_Coefficients, Posterior_Coefficients, q_sample_pairs, sample_from_model, \
     sample_posterior
@@ -45,20 +45,6 @@ WORST_CASE_MARGIN_DB = -20 * math.log10(10 ** (0.5 / 20) - 1)  # 24.5 dB
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def perturb_(model: nn.Module, seed: int) -> nn.Module:
-    """O(1)-contributing random weights (fresh ones are mostly zero-scaled), scaled by 1/sqrt(fan-in)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            noise = torch.randn(tensor.shape, generator=gen)
-            if tensor.ndim <= 1:
-                tensor.add_(0.1 * noise)
-            else:
-                fan_in = tensor.shape[0] if name.endswith(".W") else tensor.numel() // tensor.shape[0]
-                tensor.copy_(noise / math.sqrt(fan_in))
-    return model
-
-
 def tiny_generators(**overrides) -> tuple[argparse.Namespace, nn.Module, nn.Module]:
     """Perturbed tiny generators (eval mode) and their options."""
     args = tiny_args(**overrides)

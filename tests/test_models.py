@@ -24,7 +24,7 @@ from backbones.up_or_down_sampling import conv_downsample_2d, downsample_2d, set
     upsample_2d, upsample_conv_2d
 from utils.errors import UserError
 
-from conftest import model_args, tiny_args
+from conftest import model_args, perturb_ as perturb_weights, tiny_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,17 +34,8 @@ FIR = (1, 3, 3, 1)
 
 # ------------------------------------------------------------------------------------------------------- helpers
 def perturb_(model: nn.Module, seed: int) -> nn.Module:
-    """Replace the (mostly zero-scaled) initial weights by O(1)-contributing random ones, like the harness."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            noise = torch.randn(tensor.shape, generator=gen, dtype=torch.float64).to(tensor.dtype)
-            if tensor.ndim <= 1:
-                tensor.add_(0.1 * noise)
-            else:
-                fan_in = tensor.shape[0] if name.endswith(".W") else tensor.numel() // tensor.shape[0]
-                tensor.copy_(noise / math.sqrt(fan_in))
-    return model
+    """The shared perturbation with float64 draws, the ones these tests were written with."""
+    return perturb_weights(model, seed, noise_dtype=torch.float64)
 
 
 def gen_inputs(args: argparse.Namespace, batch: int, num_timesteps: int, seed: int = 1) -> dict:
