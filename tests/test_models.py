@@ -310,6 +310,17 @@ def test_generators_are_deterministic(gen_case):
     assert torch.equal(out1, gen_case["out1"]) and torch.equal(out2, gen_case["out2"])
 
 
+def test_inference_in_place_ops_change_no_bit(gen_case):
+    """Without autograd some blocks overwrite their own temporaries: same bits as with autograd, inputs untouched."""
+    inp = gen_case["inp"]
+    before = [inp["x"].clone(), *(c.clone() for c in inp["conds"])]
+    with torch.enable_grad():
+        out1, out2 = run_gens(gen_case["gen1"], gen_case["gen2"], inp)
+    assert out1.requires_grad and out2.requires_grad
+    assert torch.equal(out1.detach(), gen_case["out1"]) and torch.equal(out2.detach(), gen_case["out2"])
+    assert all(torch.equal(a, b) for a, b in zip(before, [inp["x"], *inp["conds"]]))
+
+
 def test_generators_are_batch_consistent(gen_case):
     """Sample i of a batch equals a batch-of-1 run on sample i (no cross-sample coupling)."""
     inp, batch = gen_case["inp"], gen_case["batch"]
