@@ -4,7 +4,6 @@ Commands on the walkthrough's phantom data must succeed. Commands on data a user
 weights) cannot run here: they must stop at once with a one-line `error:` naming what is missing, never a traceback.
 """
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -22,15 +21,38 @@ NOT_COPIED = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cac
                                     "sample_data", "sample_brats", "sample_isles")
 
 
+def fenced_blocks(text: str) -> list[tuple[str, list[str]]]:
+    """(info string, lines) of every fenced block: a fence opens with ``` and an optional info, closes with ```."""
+    blocks: list[tuple[str, list[str]]] = []
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if current is None and line.startswith("```"):
+            current = []
+            blocks.append((line[3:].strip(), current))
+        elif current is not None and line.strip() == "```":
+            current = None
+        elif current is not None:
+            current.append(line)
+    assert current is None, "README.md ends inside a fenced block"
+    return blocks
+
+
 def readme_commands() -> list[str]:
-    """The command lines inside the README's fenced blocks, in order."""
-    commands = []
+    """The command lines inside the README's plain fenced blocks, in order."""
     # Plain fences only: the ```bash block of benchmark commands needs a checkout of the original code and runs for
-    # minutes (tests/test_fast.py smoke-runs the benchmark scripts instead).
-    for block in re.findall(r"^```\n(.*?)^```$", README.read_text(), flags=re.S | re.M):
-        commands += [line.strip() for line in block.splitlines()
-                     if line.startswith((".venv/bin/python ", "make "))]
-    return commands
+    # minutes (tests/test_fast.py smoke-runs the benchmark scripts instead); ```text blocks show output.
+    return [line.strip() for info, lines in fenced_blocks(README.read_text()) if not info for line in lines
+            if line.startswith((".venv/bin/python ", "make "))]
+
+
+def test_fences_pair_up() -> None:
+    """A fence with an info string opens a block and the next bare fence closes it (commands after it are seen)."""
+    text = "```text\nmake quickstart\n```\n\n```\n.venv/bin/python a.py\n```\n```bash\n.venv/bin/python b.py\n```\n"
+    assert fenced_blocks(text) == [("text", ["make quickstart"]), ("", [".venv/bin/python a.py"]),
+                                   ("bash", [".venv/bin/python b.py"])]
+    assert any(info == "bash" and any("bench_sampling.py" in line for line in lines)
+               for info, lines in fenced_blocks(README.read_text()))
+    assert not any("bench_sampling.py" in command for command in readme_commands())
 
 
 def is_user_data(command: str) -> bool:
