@@ -150,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"\nPSNR inside the brain on {len(real)} test slices (plain metric, [0, 1] images):")
     print(f"  MU-Diff synthesis of T1ce      {brain_psnr(real, synth, brain):6.2f} dB")
     print(f"  T1 input rescaled (baseline)   {brain_psnr(real, baseline, brain):6.2f} dB")
+    print("  The baseline borrows the truth's own intensity range; this model trained for minutes on a CPU, the\n"
+          "  paper's for 30 epochs of BraTS on GPUs (README, 'What to expect').")
     if args.quick:
         print("  (--quick: one epoch on a handful of slices, so the model has not learnt yet)")
 

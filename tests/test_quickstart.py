@@ -26,6 +26,7 @@ def test_quickstart_runs_every_step(tmp_path: Path) -> None:
     baseline = re.search(r"T1 input rescaled \(baseline\)\s+(-?[\d.]+) dB", result.stdout)
     assert synth and baseline, result.stdout[-2000:]
     assert 0 < float(synth.group(1)) < 100 and 0 < float(baseline.group(1)) < 100
+    assert "borrows the truth's own intensity range" in result.stdout
     for step in ("make_sample_data.py", "pre_process.py", "train.py", "test.py", "metric_calc.py"):
         assert f"$ python {step.split('/')[-1]}" in result.stdout or f"$ python demo/{step}" in result.stdout
 
