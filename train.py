@@ -33,7 +33,7 @@ from utils.distributed import (LaunchPlan, ProcessLayout, all_reduce_mean, barri
                                free_port, gather_objects, init_group, launched_by_torchrun, plan_launch,
                                port_is_free, process_device, resolve_device_kind)
 from utils.errors import UserError, run_cli
-from utils.fast import SpeedOptions, autocast_context, prepare_module, prepare_process
+from utils.fast import SpeedOptions, autocast_context, prepare_generators, prepare_module, prepare_process
 from utils.fileio import save_torch
 from utils.options import (DATA_KEYS, DIFFUSION_KEYS, MODEL_KEYS, add_data_args, add_diffusion_args, add_model_args,
                            add_run_args, add_speed_args, add_train_control_args, add_training_args, experiment_dir,
@@ -243,8 +243,7 @@ class Trainer:
             broadcast_module(net)
         self.speed = SpeedOptions.from_args(args)
         prepare_process(self.speed, self.device)
-        for net in (self.nets.gen1, self.nets.gen2):
-            prepare_module(net, self.device, self.speed.channels_last, self.speed.compile)
+        prepare_generators((self.nets.gen1, self.nets.gen2), self.device, self.speed.channels_last, self.speed.compile)
         # The critic is never compiled: the R1 penalty differentiates through it twice, which compiled graphs
         # do not support.
         prepare_module(self.nets.critic, self.device, self.speed.channels_last)

@@ -46,17 +46,12 @@ class SpeedOptions:
         return any(vars(self).values())
 
 
-def apply_fast_paths(options: SpeedOptions) -> None:
-    """Switch the networks' fast inner loops on or off for this process, as `options` says."""
-    set_fast_paths(options.fast_paths)
-
-
 def prepare_process(options: SpeedOptions, device: torch.device | str) -> None:
     """Process-wide settings for a run with speed options: the fast inner loops with --fast_paths and, on the CPU
     with any option on, malloc reuse (see reuse_freed_cpu_memory). Without options it changes nothing (a program
     that switched the fast paths on itself keeps them)."""
     if options.fast_paths:
-        apply_fast_paths(options)
+        set_fast_paths(True)
     if options.enabled() and torch.device(device).type == "cpu":
         reuse_freed_cpu_memory()
 
@@ -127,5 +122,5 @@ def make_adam(params: Iterable[nn.Parameter], lr: float, betas: tuple[float, flo
     return torch.optim.Adam(params, lr=lr, betas=betas, **({"fused": True} if fused else {}))
 
 
-__all__ = ["SpeedOptions", "apply_fast_paths", "as_float", "autocast_context", "fast_sample", "make_adam",
+__all__ = ["SpeedOptions", "as_float", "autocast_context", "fast_sample", "make_adam",
            "prepare_generators", "prepare_module", "prepare_process", "reuse_freed_cpu_memory"]

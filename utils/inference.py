@@ -19,7 +19,7 @@ from utils.checkpoint import load_state, read_checkpoint
 from utils.data import resolve_contrasts
 from utils.diffusion import Posterior_Coefficients
 from utils.errors import UserError
-from utils.fast import SpeedOptions, fast_sample, prepare_module, prepare_process
+from utils.fast import SpeedOptions, fast_sample, prepare_generators, prepare_process
 from utils.options import (DATA_KEYS, DIFFUSION_KEYS, MODEL_KEYS, add_compat_test_args, add_data_args,
                            add_diffusion_args, add_model_args, add_run_args, add_speed_args, apply_config,
                            experiment_dir, load_config)
@@ -180,7 +180,7 @@ def load_experiment(args: argparse.Namespace, device: torch.device | None = None
         load_state(model, path, path.stem)
     speed = SpeedOptions.from_args(args)
     prepare_process(speed, device)
-    gen1, gen2 = (prepare_module(gen.eval(), device, speed.channels_last, speed.compile) for gen in (gen1, gen2))
+    gen1, gen2 = prepare_generators((gen1.eval(), gen2.eval()), device, speed.channels_last, speed.compile)
     experiment = Experiment(args=args, gen1=gen1, gen2=gen2, coefficients=Posterior_Coefficients(args, device),
                             device=device, files=files, contrasts=list(args.contrasts), speed=speed)
     if with_critic:
