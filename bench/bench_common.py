@@ -149,6 +149,17 @@ def run_worker(spec: dict, timeout: int) -> dict:
     return json.loads(lines[-1])
 
 
+def run_both(base: dict, args: Any, reference: Path | None, **ours_extra: Any) -> tuple[dict, dict | None]:
+    """Our measurement of `base` with the command line's speed options, then (with a reference checkout) the
+    original's doing the same work with none; (ours, original or None)."""
+    ours = run_worker({**base, "impl": "ours", "flags": speed_flags(args), **ours_extra}, args.timeout)
+    if reference is None:
+        return ours, None
+    original = run_worker({**base, "impl": "reference", "flags": {}, "reference": str(reference),
+                           "reuse_memory": args.reference_reuse_memory}, args.timeout)
+    return ours, original
+
+
 def save_results(result: dict, out: str | None, default_name: str) -> Path:
     """Write the result JSON atomically (utils.fileio; only the scripts, never a worker, call this)."""
     from utils.fileio import save_json

@@ -17,7 +17,7 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import (add_common_args, check_reference, command_line, environment,  # noqa: E402
-                          model_config, ratio, run_worker, save_results, speed_flags)
+                          model_config, ratio, run_both, save_results, speed_flags)
 
 import torch  # noqa: E402
 
@@ -57,10 +57,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     base = {"task": "sampling", "model": model_config(args.image_size, args.tiny), "device": args.device,
             "threads": args.threads, "seed": args.seed, "warmup": args.warmup, "batches": args.batches,
             "repeats": args.repeats}
-    ours = run_worker({**base, "impl": "ours", "flags": speed_flags(args), "check_amp": args.check_amp},
-                      args.timeout)
-    original = run_worker({**base, "impl": "reference", "flags": {}, "reference": str(reference),
-                           "reuse_memory": args.reference_reuse_memory}, args.timeout) if reference else None
+    ours, original = run_both(base, args, reference, check_amp=args.check_amp)
     rows = []
     for index, row in enumerate(ours["rows"]):
         other = original["rows"][index] if original else {}

@@ -19,7 +19,7 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import (add_common_args, check_reference, command_line, environment,  # noqa: E402
-                          model_config, ratio, run_worker, save_results, speed_flags)
+                          model_config, ratio, run_both, save_results, speed_flags)
 
 import torch  # noqa: E402
 
@@ -51,9 +51,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     base = {"task": "training", "model": model_config(args.image_size, args.tiny), "device": args.device,
             "threads": args.threads, "seed": args.seed, "warmup": args.warmup, "batch": args.batch,
             "steps": args.steps}
-    ours = run_worker({**base, "impl": "ours", "flags": speed_flags(args)}, args.timeout)
-    original = run_worker({**base, "impl": "reference", "flags": {}, "reference": str(reference),
-                           "reuse_memory": args.reference_reuse_memory}, args.timeout) if reference else None
+    ours, original = run_both(base, args, reference)
     kind = "CUDA max allocated" if "peak_cuda_allocated_mib" in ours else "peak RSS"
     summary = {"batch": args.batch, "ours_steps_per_s": ours["steps_per_s"],
                "original_steps_per_s": original["steps_per_s"] if original else None,

@@ -115,7 +115,8 @@ def ours(spec: dict) -> dict:
     sys.path.insert(0, str(ROOT))
     from backbones import build_critic, build_generators
     from utils.diffusion import Diffusion_Coefficients, Posterior_Coefficients
-    from utils.fast import SpeedOptions, autocast_context, fast_sample, make_adam, prepare_module, prepare_process
+    from utils.fast import (SpeedOptions, autocast_context, fast_sample, make_adam, prepare_generators,
+                            prepare_module, prepare_process)
     from utils.training import Batch, Diffusion, Networks, Optimisers, train_step
 
     options = SpeedOptions(**spec["flags"])
@@ -128,7 +129,7 @@ def ours(spec: dict) -> dict:
         if spec.get("check_amp"):
             # Fresh weights make the generators output ~1e-5 everywhere, which would make any PSNR meaningless.
             gen1, gen2 = perturb_(gen1, spec["seed"] + 1), perturb_(gen2, spec["seed"] + 2)
-        gen1, gen2 = (prepare_module(g.eval(), device, options.channels_last, options.compile) for g in (gen1, gen2))
+        gen1, gen2 = prepare_generators((gen1.eval(), gen2.eval()), device, options.channels_last, options.compile)
         pc = Posterior_Coefficients(args, device)
 
         def sample(c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor, x_init: torch.Tensor,
@@ -143,7 +144,7 @@ def ours(spec: dict) -> dict:
     critic, att_proj = build_critic(args)
     att_proj.requires_grad_(False)
     # The critic is not compiled: its R1 penalty differentiates twice, which compiled graphs do not support.
-    nets = Networks(*(prepare_module(g, device, options.channels_last, options.compile) for g in (gen1, gen2)),
+    nets = Networks(*prepare_generators((gen1, gen2), device, options.channels_last, options.compile),
                     prepare_module(critic, device, options.channels_last), att_proj.to(device))
     betas = (args.beta1, args.beta2)
     opts = Optimisers(make_adam(nets.gen1.parameters(), args.lr_g, betas, device, options.fused_adam),
@@ -255,13 +256,25 @@ def reference(spec: dict) -> dict:
     return measure_training(spec, step)
 
 
+def reference_fakes(train_mod: types.ModuleType, pos_coeff: Any, gens: tuple, conds: tuple, x_tp1: torch.Tensor,
+                    t: torch.Tensor, nz: int) -> tuple[torch.Tensor, ...]:
+    """The original's fake pair (with autograd): a fresh z, both generators' x0 and their posterior samples."""
+    gen1, gen2 = gens
+    z = torch.randn(x_tp1.size(0), nz, device=x_tp1.device)
+    x0_1 = gen1(x_tp1.detach(), *conds, t, z)
+    x0_2 = gen2(x_tp1.detach(), *conds, t, z, x0_1[:, [0], :])
+    xp1 = train_mod.sample_posterior(pos_coeff, x0_1[:, [0], :], x_tp1, t)
+    xp2 = train_mod.sample_posterior(pos_coeff, x0_2[:, [0], :], x_tp1, t)
+    return x0_1, x0_2, xp1, xp2
+
+
 def reference_step(train_mod: types.ModuleType, nets: tuple, opts: tuple, data: tuple, coeff: Any, pos_coeff: Any,
                    args: Namespace, global_step: int) -> None:
     """One iteration of the original's train_mudiff (ARCH_SPEC §8.2) with its own diffusion helpers: the critic
     step runs both generators with autograd (their gradients are discarded), then the generator step."""
     gen1, gen2, critic, att_conv = nets
     opt_g1, opt_g2, opt_d = opts
-    cond1, cond2, cond3, real = data
+    *conds, real = data
     for p in critic.parameters():
         p.requires_grad = True
     critic.zero_grad()
@@ -275,11 +288,7 @@ def reference_step(train_mod: types.ModuleType, nets: tuple, opts: tuple, data: 
         grad = torch.autograd.grad(outputs=d_real.sum(), inputs=x_t, create_graph=True)[0]
         penalty = args.r1_gamma / 2 * (grad.view(grad.size(0), -1).norm(2, dim=1) ** 2).mean()
         penalty.backward()
-    z = torch.randn(real.size(0), args.nz, device=real.device)
-    x0_1 = gen1(x_tp1.detach(), cond1, cond2, cond3, t, z)
-    x0_2 = gen2(x_tp1.detach(), cond1, cond2, cond3, t, z, x0_1[:, [0], :])
-    xp1 = train_mod.sample_posterior(pos_coeff, x0_1[:, [0], :], x_tp1, t)
-    xp2 = train_mod.sample_posterior(pos_coeff, x0_2[:, [0], :], x_tp1, t)
+    _, _, xp1, xp2 = reference_fakes(train_mod, pos_coeff, (gen1, gen2), conds, x_tp1, t, args.nz)
     out1, _ = critic(xp1, t, x_tp1.detach())
     out2, _ = critic(xp2, t, x_tp1.detach())
     (F.softplus(out1).mean() + F.softplus(out2).mean()).backward()
@@ -291,11 +300,7 @@ def reference_step(train_mod: types.ModuleType, nets: tuple, opts: tuple, data: 
     gen2.zero_grad()
     t = torch.randint(0, args.num_timesteps, (real.size(0),), device=real.device)
     x_t, x_tp1 = train_mod.q_sample_pairs(coeff, real, t)
-    z = torch.randn(real.size(0), args.nz, device=real.device)
-    x0_1 = gen1(x_tp1.detach(), cond1, cond2, cond3, t, z)
-    x0_2 = gen2(x_tp1.detach(), cond1, cond2, cond3, t, z, x0_1[:, [0], :])
-    xp1 = train_mod.sample_posterior(pos_coeff, x0_1[:, [0], :], x_tp1, t)
-    xp2 = train_mod.sample_posterior(pos_coeff, x0_2[:, [0], :], x_tp1, t)
+    x0_1, x0_2, xp1, xp2 = reference_fakes(train_mod, pos_coeff, (gen1, gen2), conds, x_tp1, t, args.nz)
     out1, feat1 = critic(xp1, t, x_tp1.detach())
     out2, feat2 = critic(xp2, t, x_tp1.detach())
     size = tuple(real.shape[-2:])  # the original hard-coded (256, 256)
