@@ -90,7 +90,7 @@ def draw_figure(samples: Path, source: np.ndarray, source_name: str, target_name
     synth, real = np.load(samples / "synth.npy"), np.load(samples / "real.npy")
     lesion = np.load(samples / "lesion_mask.npy") if (samples / "lesion_mask.npy").exists() else np.zeros_like(real)
     disagreement = samples / "uncertainty" / "disagreement.npy"
-    spread = np.load(disagreement) if disagreement.exists() else np.abs(synth - real) * 0
+    spread = np.load(disagreement) if disagreement.exists() else np.zeros_like(synth)
     rows = np.argsort(lesion.reshape(len(lesion), -1).sum(1))[::-1][:3]
     columns = [(f"{source_name} (input)", source, "gray"), (f"{target_name} synthesis", synth, "gray"),
                (f"{target_name} truth", real, "gray"), ("|error|", np.abs(synth - real), "magma"),

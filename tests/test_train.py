@@ -93,8 +93,6 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """The tiny preprocessed dataset."""
