@@ -149,6 +149,12 @@ def run_worker(spec: dict, timeout: int) -> dict:
     return json.loads(lines[-1])
 
 
+def base_spec(task: str, args: Any) -> dict:
+    """The worker spec fields both benchmarks share, from their parsed command line."""
+    return {"task": task, "model": model_config(args.image_size, args.tiny), "device": args.device,
+            "threads": args.threads, "seed": args.seed, "warmup": args.warmup}
+
+
 def run_both(base: dict, args: Any, reference: Path | None, **ours_extra: Any) -> tuple[dict, dict | None]:
     """Our measurement of `base` with the command line's speed options, then (with a reference checkout) the
     original's doing the same work with none; (ours, original or None)."""

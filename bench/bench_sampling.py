@@ -16,8 +16,8 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import (add_common_args, check_reference, command_line, environment,  # noqa: E402
-                          model_config, ratio, run_both, save_results, speed_flags)
+from bench_common import (add_common_args, base_spec, check_reference, command_line, environment,  # noqa: E402
+                          ratio, run_both, save_results, speed_flags)
 
 import torch  # noqa: E402
 
@@ -54,9 +54,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     reference = check_reference(args.reference)
     if min(args.batches) < 1 or args.repeats < 1 or args.warmup < 0:
         raise UserError("--batches and --repeats must be at least 1, --warmup at least 0")
-    base = {"task": "sampling", "model": model_config(args.image_size, args.tiny), "device": args.device,
-            "threads": args.threads, "seed": args.seed, "warmup": args.warmup, "batches": args.batches,
-            "repeats": args.repeats}
+    base = {**base_spec("sampling", args), "batches": args.batches, "repeats": args.repeats}
     ours, original = run_both(base, args, reference, check_amp=args.check_amp)
     rows = []
     for index, row in enumerate(ours["rows"]):

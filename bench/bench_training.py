@@ -18,8 +18,8 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import (add_common_args, check_reference, command_line, environment,  # noqa: E402
-                          model_config, ratio, run_both, save_results, speed_flags)
+from bench_common import (add_common_args, base_spec, check_reference, command_line, environment,  # noqa: E402
+                          ratio, run_both, save_results, speed_flags)
 
 import torch  # noqa: E402
 
@@ -48,9 +48,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     reference = check_reference(args.reference)
     if args.batch < 1 or args.steps < 1 or args.warmup < 0:
         raise UserError("--batch and --steps must be at least 1, --warmup at least 0")
-    base = {"task": "training", "model": model_config(args.image_size, args.tiny), "device": args.device,
-            "threads": args.threads, "seed": args.seed, "warmup": args.warmup, "batch": args.batch,
-            "steps": args.steps}
+    base = {**base_spec("training", args), "batch": args.batch, "steps": args.steps}
     ours, original = run_both(base, args, reference)
     kind = "CUDA max allocated" if "peak_cuda_allocated_mib" in ours else "peak RSS"
     summary = {"batch": args.batch, "ours_steps_per_s": ours["steps_per_s"],
