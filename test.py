@@ -12,7 +12,8 @@ import csv
 import io
 import sys
 from pathlib import Path
-from typing import Sequence
+from functools import partial
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,9 +23,10 @@ from tqdm import tqdm
 from utils.data import BRAIN_MASK, SliceDataset, find_array, from_model_space
 from utils.errors import UserError, run_cli
 from utils.fileio import atomic_path, save_json, save_text
+from utils.baselines import PixelRegression
 from utils.images import save_png16
-from utils.inference import (OUTPUT_DIR_NAME, Experiment, configure, describe, load_experiment, make_parser,
-                             seed_everything, synthesize)
+from utils.inference import (OUTPUT_DIR_NAME, Experiment, Synthesis, configure, describe, load_experiment,
+                             make_parser, seed_everything, synthesize)
 from utils.nifti import case_name, find_case_files, synthesize_volume
 from utils.options import experiment_dir
 
@@ -123,30 +125,30 @@ def open_split(args: argparse.Namespace) -> SliceDataset:
     return SliceDataset(root, args.split, args.contrasts, image_size=args.image_size, with_masks=with_masks)
 
 
-def run_slices(exp: Experiment, args: argparse.Namespace, dataset: SliceDataset) -> Path:
-    """Synthesise the split's slices and write generated_samples/ (PNG + .npy per output, manifest, run.json)."""
+Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Synthesis]
+
+
+def run_slices(predict: Predictor, args: argparse.Namespace, dataset: SliceDataset, out_dir: Path,
+               record: dict, names_extra: Sequence[str] = ()) -> Path:
+    """Synthesise the split's slices with `predict` and write OUT_DIR (PNG + .npy per output, manifest, run.json)."""
     with_masks = dataset.with_masks
     count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     if count < 1:
         raise UserError(f"--limit {args.limit}: nothing to synthesise; give at least 1")
     height_width = (dataset.height, dataset.width)
     loader = DataLoader(Subset(dataset, range(count)), batch_size=args.batch_size, shuffle=False,
-                        num_workers=args.num_workers, pin_memory=exp.device.type == "cuda")
+                        num_workers=args.num_workers, pin_memory=torch.cuda.is_available())
 
     names = ["synth", "real"] + (["brain_mask"] if with_masks else [])
     names += ["lesion_mask"] if with_masks and dataset.has_lesion_mask else []
-    if args.save_uncertainty:
-        names.append("disagreement")
-        if exp.critic is not None:
-            names.append("critic_attention")
-    out_dir = experiment_dir(args) / OUTPUT_DIR_NAME
+    names += list(names_extra)
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_previous(out_dir)
     position = 0
     with SampleWriter(out_dir, names, count, height_width) as writer:
         for batch in tqdm(loader, desc="synthesising", unit="batch"):
             cond1, cond2, cond3, target = batch[:4]
-            result = synthesize(exp, cond1, cond2, cond3, uncertainty=args.save_uncertainty)
+            result = predict(cond1, cond2, cond3)
             images = {"synth": _to_original(result.sample, height_width, False),
                       "real": _to_original(target, height_width, False)}
             if with_masks:
@@ -160,23 +162,64 @@ def run_slices(exp: Experiment, args: argparse.Namespace, dataset: SliceDataset)
                 writer.write(position, {k: v[b] for k, v in images.items()})
                 position += 1
     save_text(_csv_text(_manifest_rows(dataset, range(count))), out_dir / "manifest.csv")
-    save_json(_run_record(exp, args, names, count), out_dir / "run.json")
+    save_json({**record, "split": args.split, "slices": count, "outputs": names, **_LAYOUT_NOTES},
+              out_dir / "run.json")
     print(f"wrote {count} slices to {out_dir} ({', '.join(names)}); evaluate with: "
           f"python metric_calc.py {out_dir}")
     return out_dir
 
 
-def _run_record(exp: Experiment, args: argparse.Namespace, names: list[str], count: int) -> dict:
-    """What run.json records: checkpoints, contrasts, schedule, seed, outputs and their intensity scale."""
+_LAYOUT_NOTES = {
+    "intensity": "(x + 1) / 2 of the model-space output, clipped to [0, 1]; no per-image normalisation",
+    "orientation": "that of the preprocessed <split>/<CONTRAST>.npy arrays (the loader's transpose undone)",
+}
+
+
+def model_record(exp: Experiment, args: argparse.Namespace) -> dict:
+    """What run.json records of a model run: checkpoints, contrasts, schedule, seed, device, critic map."""
     return {
         "checkpoints": [str(f) for f in exp.files], "contrasts": exp.contrasts,
         "num_timesteps": exp.args.num_timesteps, "seed": args.seed, "batch_size": args.batch_size,
-        "device": str(exp.device), "split": args.split, "slices": count, "outputs": names,
-        "intensity": "(x + 1) / 2 of the model output, clipped to [0, 1]; no per-image normalisation",
-        "orientation": "that of the preprocessed <split>/<CONTRAST>.npy arrays (the loader's transpose undone)",
+        "device": str(exp.device),
         "critic_map": exp.critic_note or ("critic(x0, t=0, x1) features -> attention projection"
-                                          if "critic_attention" in names else "not requested"),
+                                          if args.save_uncertainty and exp.critic is not None else "not requested"),
     }
+
+
+def open_model(args: argparse.Namespace) -> Experiment:
+    """Load the experiment's generators (and critic), say what was loaded, then seed the sampler."""
+    exp = load_experiment(args, with_critic=args.save_uncertainty)
+    print(describe(exp))
+    if args.save_uncertainty and exp.critic_note:
+        print(f"note: {exp.critic_note}")
+    # Seeded after the networks are built, so the samples do not depend on what was built (e.g. the critic).
+    seed_everything(args.seed)
+    return exp
+
+
+def run_model_slices(exp: Experiment, args: argparse.Namespace, dataset: SliceDataset) -> Path:
+    """Synthesise the split with the experiment's generators into generated_samples/."""
+    extra = (["disagreement"] + (["critic_attention"] if exp.critic is not None else [])
+             if args.save_uncertainty else [])
+    return run_slices(partial(synthesize, exp, uncertainty=args.save_uncertainty), args, dataset,
+                      experiment_dir(args) / OUTPUT_DIR_NAME, model_record(exp, args), extra)
+
+
+def run_baseline_slices(args: argparse.Namespace, dataset: SliceDataset) -> Path:
+    """Fit the --baseline regression on the training split and write its synthesis of the split being tested."""
+    train = SliceDataset(args.input_path, "train", args.contrasts, image_size=args.image_size)
+    model = PixelRegression.fit(train, args.baseline)
+    c = args.contrasts
+    print(f"{args.baseline} baseline fitted on {model.fitted_pixels:,} brain pixels of {train.root / 'train'}: "
+          f"{c[0]}, {c[1]}, {c[2]} -> {c[3]}")
+
+    def predict(cond1: torch.Tensor, cond2: torch.Tensor, cond3: torch.Tensor) -> Synthesis:
+        return Synthesis(sample=model.predict(cond1, cond2, cond3))
+
+    record = {"baseline": model.describe(), "contrasts": c, "batch_size": args.batch_size,
+              "fitted_on": str(train.root / "train")}
+    return run_slices(predict, args, dataset, experiment_dir(args) / f"{OUTPUT_DIR_NAME}_baseline_{args.baseline}",
+                      record)
 
 
 def _volume_inputs(args: argparse.Namespace, contrasts: list[str]) -> tuple[list[Path], str]:
@@ -214,15 +257,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
         raise UserError(f"--batch_size must be at least 1 (got {args.batch_size})")
     configure(args, parser)
     volume_mode = args.nifti or args.case is not None or args.cond1 is not None
+    if args.baseline and (volume_mode or args.save_uncertainty):
+        raise UserError("--baseline synthesises the test slices only; drop --nifti/--case/--cond1-3 and "
+                        "--save_uncertainty")
     # Inputs are checked before the (slow) model loading, so a wrong path fails at once.
     inputs = _volume_inputs(args, args.contrasts) if volume_mode else open_split(args)
-    exp = load_experiment(args, with_critic=args.save_uncertainty)
-    print(describe(exp))
-    if args.save_uncertainty and exp.critic_note:
-        print(f"note: {exp.critic_note}")
-    # Seeded after the networks are built, so the samples do not depend on what was built (e.g. the critic).
-    seed_everything(args.seed)
-    return run_volume(exp, args, *inputs) if volume_mode else run_slices(exp, args, inputs)
+    if args.baseline:
+        return run_baseline_slices(args, inputs)
+    exp = open_model(args)
+    return run_volume(exp, args, *inputs) if volume_mode else run_model_slices(exp, args, inputs)
 
 
 if __name__ == "__main__":

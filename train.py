@@ -4,14 +4,16 @@ Runs on a CPU, one GPU, several GPUs of one node (`--num_process_per_node N` spa
 `torchrun --nproc_per_node N train.py ...`) and several nodes (torchrun, or the original's --num_proc_node /
 --node_rank flags). Epochs are numbered 1..--num_epoch in file names, logs and the progress bar. Everything goes to
 OUTPUT_PATH/EXP/: content.pth (all state needed by --resume), gen_diffusive_{1,2}.pth (latest generator weights),
-gen_diffusive_{1,2}_{epoch}.pth (every --save_ckpt_every epochs and the last), config.json, log.csv (every loss
-term per iteration), val.csv (validation PSNR/SSIM/L1 per epoch), curves.png and sample_discrete_epoch_{epoch}.png.
+gen_diffusive_{1,2}_{epoch}.pth (every --save_ckpt_every epochs and the last), gen_diffusive_{1,2}_best.pth (the epoch
+with the highest validation PSNR so far), config.json, log.csv (every loss term per iteration), val.csv (validation
+PSNR/SSIM/L1 per epoch and the best epoch so far), curves.png and sample_discrete_epoch_{epoch}.png.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
+import math
 import os
 import random
 import sys
@@ -35,9 +37,9 @@ from utils.distributed import (LaunchPlan, ProcessLayout, all_reduce_mean, barri
 from utils.errors import UserError, run_cli
 from utils.fast import SpeedOptions, autocast_context, prepare_generators, prepare_module, prepare_process
 from utils.fileio import save_torch
-from utils.options import (DATA_KEYS, DIFFUSION_KEYS, MODEL_KEYS, add_data_args, add_diffusion_args, add_model_args,
-                           add_run_args, add_speed_args, add_train_control_args, add_training_args, experiment_dir,
-                           save_config)
+from utils.options import (DATA_KEYS, DIFFUSION_KEYS, MODEL_KEYS, add_config_arg, add_data_args, add_diffusion_args,
+                           add_model_args, add_run_args, add_speed_args, add_train_control_args, add_training_args,
+                           experiment_dir, parse_with_config, save_config)
 from utils.plots import plot_curves, save_sample_grid
 from utils.training import (LOSS_NAMES, VAL_NAMES, Batch, CsvLog, Diffusion, Networks, build_optimisers,
                             step_schedulers, train_step, validate, validation_batches)
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_args(parser)
     add_train_control_args(parser)
     add_speed_args(parser, training=True)
+    add_config_arg(parser)
     return parser
 
 
@@ -253,11 +256,12 @@ class Trainer:
         self.epoch, self.global_step, self.sampler_seed = plan.start_epoch, 0, args.seed
         exp = plan.exp_dir
         self.log = CsvLog(exp / "log.csv", ["epoch", "iteration", "global_step", *LOSS_NAMES, "lr_g", "lr_d"])
-        self.val_log = CsvLog(exp / "val.csv", ["epoch", "global_step", *VAL_NAMES, "seconds"])
+        self.val_log = CsvLog(exp / "val.csv", ["epoch", "global_step", *VAL_NAMES, "best_epoch", "seconds"])
         if args.resume:
             self._restore(exp / CONTENT)
             self.log.load_until(self.epoch)
             self.val_log.load_until(self.epoch)
+        self.best = best_so_far(self.val_log)
         self.sampler = torch.utils.data.DistributedSampler(self.train_set, num_replicas=layout.world_size,
                                                            rank=layout.rank, shuffle=True, seed=self.sampler_seed)
         self.loader_rng = torch.Generator()
@@ -384,15 +388,21 @@ class Trainer:
                                        progress=self.layout.is_main)
         self.epoch = number
         rng_states = gather_objects(rng_state(self.device))
+        improved = scores["psnr"] > self.best[0]
+        if improved:
+            self.best = (scores["psnr"], number)
         if self.layout.is_main:
-            self.val_log.append(epoch=number, global_step=self.global_step, seconds=round(seconds, 2), **scores)
+            self.val_log.append(epoch=number, global_step=self.global_step, seconds=round(seconds, 2),
+                                best_epoch=self.best[1], **scores)
             tqdm.write(f"epoch {number}/{args.num_epoch}: " + ", ".join(
-                f"val {k} {scores[k]:.4g}" for k in VAL_NAMES) + f" ({seconds:.0f} s, lr_g {lrs[0]:.3g})")
-            self._write_files(preview, rng_states)
+                f"val {k} {scores[k]:.4g}" for k in VAL_NAMES) + f" ({seconds:.0f} s, lr_g {lrs[0]:.3g})"
+                + (" - best so far" if improved else f" - best: epoch {self.best[1]}"))
+            self._write_files(preview, rng_states, improved)
         barrier()
 
-    def _write_files(self, preview: dict[str, np.ndarray], rng_states: list[dict]) -> None:
-        """Sample grid, logs, curves, generator checkpoints, then content.pth last (the resume point)."""
+    def _write_files(self, preview: dict[str, np.ndarray], rng_states: list[dict], improved: bool) -> None:
+        """Sample grid, logs, curves, generator checkpoints (the best ones when `improved`), then content.pth last
+        (the resume point)."""
         args, exp, number = self.args, self.plan.exp_dir, self.epoch
         if preview:
             names = dict(zip(("cond1", "cond2", "cond3"), self.plan.contrasts[:3]))
@@ -411,8 +421,18 @@ class Trainer:
         if number % args.save_ckpt_every == 0 or number == args.num_epoch:
             save_torch(state1, exp / f"gen_diffusive_1_{number}.pth")
             save_torch(state2, exp / f"gen_diffusive_2_{number}.pth")
+        if improved:
+            save_torch(state1, exp / "gen_diffusive_1_best.pth")
+            save_torch(state2, exp / "gen_diffusive_2_best.pth")
         if number % args.save_content_every == 0 or number == self.plan.stop_epoch:
             save_torch(self.content(rng_states), exp / CONTENT)
+
+
+def best_so_far(val_log: CsvLog) -> tuple[float, int]:
+    """(validation PSNR, epoch) of the best epoch logged so far, or (-inf, 0) before the first."""
+    scored = [(psnr, int(epoch)) for psnr, epoch in zip(val_log.column("psnr"), val_log.column("epoch"))
+              if not math.isnan(psnr)]
+    return max(scored, key=lambda item: item[0], default=(-math.inf, 0))
 
 
 # --------------------------------------------------------------------------- processes
@@ -499,7 +519,7 @@ def describe(args: Namespace, plan: RunPlan) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse, check everything cheap, then dry-run or train."""
-    args = build_parser().parse_args(argv)
+    args = parse_with_config(build_parser(), argv)
     plan = prepare(args)
     if args.dry_run:
         if not launched_by_torchrun() or os.environ.get("RANK") == "0":

@@ -126,8 +126,8 @@ def test_an_epoch_writes_every_output_file(run_a):
     """content.pth, both generator files (latest and per epoch), config, logs, curves and one grid per epoch."""
     folder = run_a["dir"]
     expected = {"content.pth", "config.json", "gen_diffusive_1.pth", "gen_diffusive_2.pth", "gen_diffusive_1_2.pth",
-                "gen_diffusive_2_2.pth", "log.csv", "val.csv", "curves.png", "sample_discrete_epoch_1.png",
-                "sample_discrete_epoch_2.png"}
+                "gen_diffusive_2_2.pth", "gen_diffusive_1_best.pth", "gen_diffusive_2_best.pth", "log.csv",
+                "val.csv", "curves.png", "sample_discrete_epoch_1.png", "sample_discrete_epoch_2.png"}
     assert {p.name for p in folder.iterdir()} == expected  # nothing else, no temporary files left behind
     for png in ("curves.png", "sample_discrete_epoch_1.png"):
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -493,6 +493,54 @@ def test_bad_inputs_fail_with_one_line(data, bad_data, tmp_path, run_a, monkeypa
     fails([*argv(data, out, "x"), "--device", "cuda", "--num_process_per_node", "3", "--batch_size", "1"],
           "3 processes", "only 1")
     assert not out.exists()
+
+
+def scripted_validation(monkeypatch, psnrs: list[float]) -> None:
+    """Make train.py's validation report the given PSNRs, one per epoch, in order."""
+    queue = list(psnrs)
+
+    def fake_validate(*args, **kwargs):
+        return {"psnr": queue.pop(0), "ssim": 0.5, "l1": 0.1}, {}
+
+    monkeypatch.setattr(train, "validate", fake_validate)
+
+
+def test_best_checkpoint_follows_validation_psnr_across_a_resume(data, tmp_path, monkeypatch, one_thread):
+    """_best files hold the epoch with the highest validation PSNR, val.csv names it, and --resume remembers it."""
+    out, options = tmp_path / "out", ["--num_epoch", "4", "--save_ckpt_every", "1"]
+    scripted_validation(monkeypatch, [20.0, 25.0, 22.0])
+    train.main(argv(data, out, "best", *options, "--stop_after_epochs", "3"))
+    folder = out / "best"
+    assert [r["best_epoch"] for r in read_rows(folder / "val.csv")] == ["1", "2", "2"]
+    for index in (1, 2):
+        best = read_checkpoint(folder / f"gen_diffusive_{index}_best.pth")
+        assert states_equal(best, read_checkpoint(folder / f"gen_diffusive_{index}_2.pth"))
+        assert not states_equal(best, read_checkpoint(folder / f"gen_diffusive_{index}_3.pth"))
+    scripted_validation(monkeypatch, [24.0])  # below epoch 2's 25 dB: the best stays epoch 2 after resuming
+    train.main(argv(data, out, "best", *options, "--resume"))
+    assert [r["best_epoch"] for r in read_rows(folder / "val.csv")] == ["1", "2", "2", "2"]
+    assert states_equal(read_checkpoint(folder / "gen_diffusive_1_best.pth"),
+                        read_checkpoint(folder / "gen_diffusive_1_2.pth"))
+
+
+def test_config_file_sets_options_and_the_command_line_wins(data, tmp_path):
+    """--config FILE fills options (checked like flags); an option on the command line overrides the file."""
+    config = tmp_path / "recipe.json"
+    config.write_text(json.dumps({"lr_g": 4e-4, "use_ema": True, "ema_decay": 0.9, "ch_mult": [1, 2],
+                                  "num_epoch": 3}))
+    parsed = train.parse_with_config(train.build_parser(), ["--config", str(config), "--num_epoch", "5"])
+    assert (parsed.lr_g, parsed.use_ema, parsed.ema_decay, parsed.ch_mult, parsed.num_epoch) == \
+        (4e-4, True, 0.9, [1, 2], 5)
+    assert train.parse_with_config(train.build_parser(), []).lr_g == 1.6e-4  # no file: the original defaults
+    for bad, words in [({"lr_gg": 1}, ['"lr_gg" is not an option']), ({"use_ema": "yes"}, ["true or false"]),
+                       ({"progressive": "x"}, ["'x' is not one of"]), ({"ch_mult": 2}, ["must be a list"]),
+                       ([1, 2], ["JSON object"])]:
+        config.write_text(json.dumps(bad))
+        with pytest.raises(UserError) as err:
+            train.main(argv(data, tmp_path, "x", "--config", str(config)))
+        assert all(w in str(err.value) for w in words) and str(config) in str(err.value)
+    with pytest.raises(UserError, match="no such file"):
+        train.main(argv(data, tmp_path, "x", "--config", str(tmp_path / "missing.json")))
 
 
 def test_command_line_errors_print_one_line(data, tmp_path, capsys):

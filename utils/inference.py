@@ -18,6 +18,7 @@ from backbones import build_critic, build_generators
 from utils.checkpoint import load_state, read_checkpoint
 from utils.data import resolve_contrasts
 from utils.diffusion import Posterior_Coefficients
+from utils.baselines import BASELINES
 from utils.errors import UserError
 from utils.fast import SpeedOptions, fast_sample, prepare_generators, prepare_process
 from utils.options import (DATA_KEYS, DIFFUSION_KEYS, MODEL_KEYS, add_compat_test_args, add_data_args,
@@ -26,6 +27,7 @@ from utils.options import (DATA_KEYS, DIFFUSION_KEYS, MODEL_KEYS, add_compat_tes
 
 GENERATOR_NAMES = ("gen_diffusive_1", "gen_diffusive_2")
 CONTENT_NAME = "content.pth"
+BEST = "best"  # --epoch best: gen_diffusive_{1,2}_best.pth, kept by train.py
 # content.pth keys (train.py) of the critic and of the attention projection that turns its features into a map.
 CRITIC_KEY = "disc_diffusive_2_dict"
 ATTENTION_KEY = "att_conv_dict"
@@ -35,8 +37,12 @@ OUTPUT_DIR_NAME = "generated_samples"
 def add_test_args(parser: argparse.ArgumentParser) -> None:
     """Options only test.py has: which checkpoint, which slices, which device, what to write."""
     g = parser.add_argument_group("test")
-    g.add_argument("--epoch", "--epoch_id", dest="epoch", type=int, default=None,
-                   help="use gen_diffusive_{1,2}_EPOCH.pth (default: gen_diffusive_{1,2}.pth, the published names)")
+    g.add_argument("--epoch", "--epoch_id", dest="epoch", type=epoch_choice, default=None,
+                   help="use gen_diffusive_{1,2}_EPOCH.pth, or 'best' for the epoch with the highest validation "
+                        "PSNR (default: gen_diffusive_{1,2}.pth, the published names)")
+    g.add_argument("--baseline", default=None, choices=BASELINES,
+                   help="no model: fit a per-pixel linear or quadratic regression of the target on the training "
+                        "split's brain pixels and write its synthesis to generated_samples_baseline_<KIND>/")
     g.add_argument("--gpu_chose", type=int, default=None,
                    help="GPU index (the original's flag): cuda:N when a GPU is there, else the CPU")
     g.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split to synthesise")
@@ -53,6 +59,19 @@ def add_test_args(parser: argparse.ArgumentParser) -> None:
                    help="BraTS-style case folder with <case>_<contrast>.nii.gz files (instead of --cond1/2/3)")
     n.add_argument("--out", default=None,
                    help="output NIfTI (default: OUTPUT_PATH/EXP/generated_volumes/<case>_<target>.nii.gz)")
+
+
+def epoch_choice(value: str) -> int | str:
+    """--epoch: a positive epoch number or 'best'."""
+    if value == BEST:
+        return value
+    try:
+        epoch = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither an epoch number nor '{BEST}'") from None
+    if epoch < 1:
+        raise argparse.ArgumentTypeError(f"epochs are numbered from 1, got {epoch}")
+    return epoch
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -104,8 +123,8 @@ def available_epochs(exp_dir: Path) -> list[int]:
     return sorted(found)
 
 
-def generator_files(exp_dir: Path, epoch: int | None = None) -> tuple[Path, Path]:
-    """The two generator checkpoints: the published names, or those of `epoch`; one-line error when absent."""
+def generator_files(exp_dir: Path, epoch: int | str | None = None) -> tuple[Path, Path]:
+    """The two generator checkpoints: the published names, those of `epoch`, or the best ones ('best')."""
     suffix = "" if epoch is None else f"_{epoch}"
     paths = tuple(Path(exp_dir) / f"{name}{suffix}.pth" for name in GENERATOR_NAMES)
     missing = [p for p in paths if not p.exists()]
@@ -113,6 +132,9 @@ def generator_files(exp_dir: Path, epoch: int | None = None) -> tuple[Path, Path
         epochs = available_epochs(exp_dir)
         hint = (f"epochs saved there: {', '.join(map(str, epochs))} (pick one with --epoch)" if epochs
                 else "check --output_path and --exp")
+        if epoch == BEST:
+            hint = ("train.py writes it after each epoch whose validation PSNR is the best so far; this experiment "
+                    "has none (trained by an older version?)")
         raise UserError(f"checkpoint {missing[0]} not found; {hint}")
     return paths  # type: ignore[return-value]
 
@@ -188,8 +210,8 @@ def load_experiment(args: argparse.Namespace, device: torch.device | None = None
     return experiment
 
 
-def open_experiment(exp_dir: str | Path, epoch: int | None = None, device: str = "auto", with_critic: bool = False,
-                    **overrides: object) -> Experiment:
+def open_experiment(exp_dir: str | Path, epoch: int | str | None = None, device: str = "auto",
+                    with_critic: bool = False, **overrides: object) -> Experiment:
     """Load a trained experiment folder in one call (for notebooks).
 
     `overrides` set options (e.g. image_size=...) for a folder without config.json, such as the published weights;

@@ -9,7 +9,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from utils.errors import UserError
 from utils.fileio import save_json
@@ -162,6 +162,73 @@ def add_compat_test_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lr_g", type=float, default=1.6e-4, help=argparse.SUPPRESS)
     g.add_argument("--beta1", type=float, default=0.5, help=argparse.SUPPRESS)
     g.add_argument("--beta2", type=float, default=0.9, help=argparse.SUPPRESS)
+
+
+def add_config_arg(parser: argparse.ArgumentParser) -> None:
+    """--config FILE: option values from a JSON file (e.g. configs/quickstart.json); the command line wins."""
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="JSON object of option values (names without the leading --); options given on the "
+                             "command line override it")
+
+
+# Keys save_config records beside the options; a run's config.json can be given as --config without them failing.
+RECORDED_ONLY = ("contrast_order", "world_size", "config")
+
+
+def _config_value(action: argparse.Action, key: str, value: Any, path: Path) -> Any:
+    """Check one --config value against its option's type and choices (argparse checks neither for defaults)."""
+    where = f"{path}: \"{key}\""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise UserError(f"{where} must be true or false, got {value!r}")
+        return value
+    items = value if isinstance(value, list) else [value]
+    if action.nargs in ("+", "*") or isinstance(action.nargs, int):
+        if not isinstance(value, list):
+            raise UserError(f"{where} must be a list, got {value!r}")
+    elif isinstance(value, list):
+        raise UserError(f"{where} must be a single value, got the list {value!r}")
+    converted = []
+    for item in items:
+        if item is not None and action.type is not None and not isinstance(item, bool):
+            try:
+                item = action.type(item) if isinstance(item, str) else action.type(str(item))
+            except (TypeError, ValueError, argparse.ArgumentTypeError):
+                raise UserError(f"{where}: {item!r} is not a valid value") from None
+        if action.choices is not None and item not in action.choices:
+            raise UserError(f"{where}: {item!r} is not one of {', '.join(map(str, action.choices))}")
+        converted.append(item)
+    return converted if isinstance(value, list) else converted[0]
+
+
+def read_option_file(path: str | os.PathLike, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The option values in a --config JSON file, checked against `parser`; one-line errors naming the key."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"--config {path} is not a readable JSON file ({err})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path} must hold a JSON object of option names and values")
+    actions = {action.dest: action for action in parser._actions}
+    checked = {}
+    for key, value in values.items():
+        if key in RECORDED_ONLY:
+            continue
+        if key not in actions or key == "help":
+            raise UserError(f"{path}: \"{key}\" is not an option of this script (see --help)")
+        checked[key] = _config_value(actions[key], key, value, path)
+    return checked
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line on top of the --config file's values (when one is given)."""
+    first, _ = parser.parse_known_args(argv)
+    if first.config:
+        parser.set_defaults(**read_option_file(first.config, parser))
+    return parser.parse_args(argv)
 
 
 def experiment_dir(args: argparse.Namespace) -> Path:
