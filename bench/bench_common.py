@@ -40,6 +40,25 @@ TINY_MODEL = dict(README_MODEL, image_size=64, ch_mult=[1, 1], num_res_blocks=1,
                   z_emb_dim=32, t_emb_dim=32, ngf=4)
 
 
+def load_split(folder: str | Path, contrasts: Sequence[str]) -> list[torch.Tensor]:
+    """<folder>/<CONTRAST>.npy as the original's loader gives them: H and W swapped, (N, 1, S, S), [-1, 1].
+
+    Square slices of the model's size only (no padding), which is what the curve comparison feeds both codes.
+    """
+    import numpy as np
+
+    stacks = [np.load(Path(folder) / f"{name}.npy").astype(np.float32) for name in contrasts]
+    return [torch.from_numpy((s.transpose(0, 2, 1)[:, None] - 0.5) / 0.5).contiguous() for s in stacks]
+
+
+def original_order(count: int, batch: int, steps: int, seed: int = 0) -> list[list[int]]:
+    """The slice indices of `steps` batches as the original drew them: its DistributedSampler (shuffle, seed 0, one
+    process) never had set_epoch called, so every epoch repeats one permutation; incomplete batches are dropped."""
+    permutation = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    per_epoch = count // batch
+    return [permutation[(step % per_epoch) * batch:(step % per_epoch + 1) * batch] for step in range(steps)]
+
+
 def model_config(image_size: int, tiny: bool) -> dict:
     """The README (or tiny) configuration at `image_size`."""
     return dict(TINY_MODEL if tiny else README_MODEL, image_size=image_size)

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench_common import ROOT, environment, peak_rss_mib, synchronize, timed
+from bench_common import ROOT, environment, load_split, original_order, peak_rss_mib, synchronize, timed
 
 
 # ----------------------------------------------------------------------------------------------- shared loops
@@ -151,13 +151,30 @@ def ours(spec: dict) -> dict:
                       make_adam(nets.gen2.parameters(), args.lr_g, betas, device, options.fused_adam),
                       make_adam(nets.critic.parameters(), args.lr_d, betas, device, options.fused_adam), {})
     diff = Diffusion(Diffusion_Coefficients(args, device), Posterior_Coefficients(args, device), args.num_timesteps)
-    batch = Batch(*training_batch(spec["batch"], args.image_size, device, spec["seed"]))
 
-    def step(global_step: int) -> None:
+    def train(global_step: int, data: list[torch.Tensor]) -> list[float]:
         with autocast_context(device, options.amp):
-            train_step(nets, opts, batch, diff, args, global_step)
+            return train_step(nets, opts, Batch(*data), diff, args, global_step).tolist()
 
-    return measure_training(spec, step)
+    return run_training_task(spec, train, (nets.gen1, nets.gen2, nets.critic))
+
+
+def run_training_task(spec: dict, train: Callable[[int, list[torch.Tensor]], list[float]],
+                      networks: tuple[nn.Module, ...]) -> dict:
+    """'training': time `train` on one fixed batch; 'curve': train on the phantom split in the original's order."""
+    device = torch.device(spec["device"])
+    if spec["task"] == "training":
+        batch = training_batch(spec["batch"], spec["model"]["image_size"], device, spec["seed"])
+        return measure_training(spec, lambda global_step: train(global_step, batch))
+    data = [t.to(device) for t in load_split(spec["data"], spec["contrasts"])]
+    losses = [train(step, [t[indices] for t in data])
+              for step, indices in enumerate(original_order(len(data[0]), spec["batch"], spec["steps"]))]
+    return {"losses": losses, "weights": [weight_checksum(net) for net in networks]}
+
+
+def weight_checksum(net: nn.Module) -> float:
+    """Sum of squares of every weight (float64): equal runs give equal numbers."""
+    return float(sum(p.detach().double().square().sum() for p in net.state_dict().values()))
 
 
 # -------------------------------------------------------------------------------------------------- reference
@@ -246,14 +263,13 @@ def reference(spec: dict) -> dict:
     train_mod = orig["train"]
     coeff = train_mod.Diffusion_Coefficients(args, device)
     pos_coeff = train_mod.Posterior_Coefficients(args, device)
-    cond1, cond2, cond3, real = training_batch(spec["batch"], args.image_size, device, spec["seed"])
     nets = (gen1, gen2, critic, att_conv)
 
-    def step(global_step: int) -> None:
-        reference_step(train_mod, nets, (opt_g1, opt_g2, opt_d), (cond1, cond2, cond3, real), coeff, pos_coeff,
-                       args, global_step)
+    def train(global_step: int, data: list[torch.Tensor]) -> list[float]:
+        return reference_step(train_mod, nets, (opt_g1, opt_g2, opt_d), tuple(data), coeff, pos_coeff, args,
+                              global_step)
 
-    return measure_training(spec, step)
+    return run_training_task(spec, train, (gen1, gen2, critic))
 
 
 def reference_fakes(train_mod: types.ModuleType, pos_coeff: Any, gens: tuple, conds: tuple, x_tp1: torch.Tensor,
@@ -269,9 +285,10 @@ def reference_fakes(train_mod: types.ModuleType, pos_coeff: Any, gens: tuple, co
 
 
 def reference_step(train_mod: types.ModuleType, nets: tuple, opts: tuple, data: tuple, coeff: Any, pos_coeff: Any,
-                   args: Namespace, global_step: int) -> None:
+                   args: Namespace, global_step: int) -> list[float]:
     """One iteration of the original's train_mudiff (ARCH_SPEC §8.2) with its own diffusion helpers: the critic
-    step runs both generators with autograd (their gradients are discarded), then the generator step."""
+    step runs both generators with autograd (their gradients are discarded), then the generator step. Returns the
+    loss terms in our log's order (errD_real, errD_fake, r1_penalty or NaN, errG_adv, errG_L1, mask_loss, errG)."""
     gen1, gen2, critic, att_conv = nets
     opt_g1, opt_g2, opt_d = opts
     *conds, real = data
@@ -284,6 +301,7 @@ def reference_step(train_mod: types.ModuleType, nets: tuple, opts: tuple, data: 
     d_real, _ = critic(x_t, t, x_tp1.detach())
     err_real = F.softplus(-d_real).mean()
     err_real.backward(retain_graph=True)
+    penalty = torch.tensor(math.nan)
     if global_step % args.lazy_reg == 0:
         grad = torch.autograd.grad(outputs=d_real.sum(), inputs=x_t, create_graph=True)[0]
         penalty = args.r1_gamma / 2 * (grad.view(grad.size(0), -1).norm(2, dim=1) ** 2).mean()
@@ -291,7 +309,8 @@ def reference_step(train_mod: types.ModuleType, nets: tuple, opts: tuple, data: 
     _, _, xp1, xp2 = reference_fakes(train_mod, pos_coeff, (gen1, gen2), conds, x_tp1, t, args.nz)
     out1, _ = critic(xp1, t, x_tp1.detach())
     out2, _ = critic(xp2, t, x_tp1.detach())
-    (F.softplus(out1).mean() + F.softplus(out2).mean()).backward()
+    err_fake = F.softplus(out1).mean() + F.softplus(out2).mean()
+    err_fake.backward()
     opt_d.step()
 
     for p in critic.parameters():
@@ -314,6 +333,7 @@ def reference_step(train_mod: types.ModuleType, nets: tuple, opts: tuple, data: 
     err_g.backward()
     opt_g1.step()
     opt_g2.step()
+    return [float(v) for v in (err_real, err_fake, penalty, adv, l1, mask, err_g)]
 
 
 def main(argv: list[str]) -> None:

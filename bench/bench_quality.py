@@ -1,0 +1,184 @@
+"""Quality benchmark: does MU-Diff learn more than a per-pixel regression? Phantom data, a fixed training budget.
+
+    python bench/bench_quality.py --steps 960 --threads 2
+
+Makes phantom cases with demo/make_sample_data.py, preprocesses them, trains the small-budget recipe
+(configs/quickstart.json unless --config) for about --steps generator steps, synthesises the held-out test split with
+the epoch of best validation PSNR and with the last epoch, fits both baselines (test.py --baseline linear and
+quadratic) on the training split, and scores all four with every protocol. It draws the learning curve (validation
+PSNR and SSIM per epoch, the baselines' validation scores as lines) and writes everything to --out
+(bench/results/quality/ by default): quality.json, learning_curve.png and the runs themselves.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from utils.baselines import PixelRegression  # noqa: E402
+from utils.data import SliceDataset  # noqa: E402
+from utils.errors import UserError, run_cli  # noqa: E402
+from utils.fileio import atomic_path, save_json  # noqa: E402
+from utils.metrics import plain_metrics, summarize_values  # noqa: E402
+from utils.options import CONFIG_NAME  # noqa: E402
+from utils.quality import ROOT, as_json, comparison_table, max_swing, run_step, score_folder  # noqa: E402
+
+EXP = "quality"
+BASELINES = ("linear", "quadratic")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality"), help="output folder")
+    parser.add_argument("--config", default=str(ROOT / "configs" / "quickstart.json"),
+                        help="training recipe (train.py --config)")
+    parser.add_argument("--steps", type=int, default=960, help="generator steps to train (rounded up to epochs)")
+    parser.add_argument("--cases", type=int, default=14, help="phantom cases (split about 65/15/20 %%)")
+    parser.add_argument("--slices", type=int, default=24, help="middle axial slices per case")
+    parser.add_argument("--seed", type=int, default=100, help="seed of the first phantom case")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for training and synthesis")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    return parser
+
+
+def recipe_value(config: Path, key: str) -> object:
+    """One option of the recipe file (UserError if it is missing)."""
+    values = json.loads(config.read_text())
+    if key not in values:
+        raise UserError(f"{config} sets no {key!r}; the quality benchmark needs it")
+    return values[key]
+
+
+def epochs_for(steps: int, train_slices: int, batch: int) -> tuple[int, int]:
+    """(epochs, steps per epoch) that give at least `steps` generator steps."""
+    per_epoch = train_slices // batch
+    if per_epoch < 1:
+        raise UserError(f"--batch_size {batch} is larger than the {train_slices} training slices")
+    return max(1, math.ceil(steps / per_epoch)), per_epoch
+
+
+def baseline_validation(slices: Path, contrasts: list[str], image_size: int) -> dict[str, dict[str, float]]:
+    """Each baseline's score on the validation split, computed as val.csv's (plain, whole slice, [0, 1])."""
+    train = SliceDataset(slices, "train", contrasts, image_size)
+    val = SliceDataset(slices, "val", contrasts, image_size)
+    items = [val[i] for i in range(len(val))]
+    conds = [np.stack([it[k].numpy() for it in items]) for k in range(4)]
+    import torch
+
+    scores = {}
+    for kind in BASELINES:
+        model = PixelRegression.fit(train, kind, progress=False)
+        guess = model.predict(*(torch.from_numpy(c) for c in conds[:3])).numpy()
+        rows = [plain_metrics((r[0] + 1) / 2, np.clip((g[0] + 1) / 2, 0, 1)) for r, g in zip(conds[3], guess)]
+        scores[kind] = {m: summarize_values(row[m] for row in rows).mean for m in ("psnr", "ssim")}
+    return scores
+
+
+def read_val_csv(path: Path) -> dict[str, list[float]]:
+    """val.csv as columns of floats."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {key: [float(row[key]) for row in rows] for key in ("epoch", "psnr", "ssim")}
+
+
+def draw_curve(val: dict[str, list[float]], lines: dict[str, dict[str, float]], path: Path) -> None:
+    """Validation PSNR and SSIM per epoch, each baseline's validation score as a dashed line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric, unit in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ssim", "SSIM")):
+        ax.plot(val["epoch"], val[metric], "o-", color="C0", label="MU-Diff (validation)")
+        for (kind, scores), colour in zip(lines.items(), ("C1", "C2")):
+            ax.axhline(scores[metric], ls="--", color=colour, label=f"{kind} baseline")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(unit)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Validation during training (plain metric, whole slice, [0, 1])", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the whole benchmark and write quality.json."""
+    args = build_parser().parse_args(argv)
+    config = Path(args.config)
+    if not config.is_file():
+        raise UserError(f"--config {config}: no such file")
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    out = Path(args.out).resolve()
+    cases, slices, results = out / "cases", out / "slices", out / "results"
+    started = time.time()
+    timings = {"phantom": run_step("phantom cases", "demo/make_sample_data.py",
+                                   ["--out", cases, "--cases", args.cases, "--size", 96, "--seed", args.seed,
+                                    "--skull-strip", "--overwrite"])}
+    timings["preprocess"] = run_step("preprocessing", "pre_process.py",
+                                     ["--layout", "brats", "--input", cases, "--split-file", cases / "splits",
+                                      "--output", slices, "--slices", args.slices, "--size", 64, "--overwrite"])
+    train_slices = len(np.load(slices / "train" / "T1ce.npy", mmap_mode="r"))
+    epochs, per_epoch = epochs_for(args.steps, train_slices, int(recipe_value(config, "batch_size")))
+    timings["train"] = run_step(f"training {epochs} epochs of {per_epoch} steps", "train.py",
+                                ["--config", config, "--input_path", slices, "--output_path", results, "--exp", EXP,
+                                 "--num_epoch", epochs, "--save_ckpt_every", epochs, "--device", args.device,
+                                 "--num_workers", 0, "--overwrite"])
+    experiment = results / EXP
+    common = ["--input_path", slices, "--output_path", results, "--exp", EXP, "--device", args.device,
+              "--batch_size", 16]
+    folders = {}
+    timings["test_best"] = run_step("synthesis, best validation epoch", "test.py", [*common, "--epoch", "best"])
+    folders["MU-Diff (best validation epoch)"] = experiment / "generated_samples_best"
+    (experiment / "generated_samples").replace(folders["MU-Diff (best validation epoch)"])
+    timings["test_last"] = run_step("synthesis, last epoch", "test.py", common)
+    folders["MU-Diff (last epoch)"] = experiment / "generated_samples"
+    for kind in BASELINES:
+        timings[f"baseline_{kind}"] = run_step(f"{kind} baseline", "test.py", [*common, "--baseline", kind])
+        folders[f"{kind} baseline (fitted on train)"] = experiment / f"generated_samples_baseline_{kind}"
+    scores = {name: score_folder(folder) for name, folder in folders.items()}
+
+    settings = json.loads((experiment / CONFIG_NAME).read_text())
+    val = read_val_csv(experiment / "val.csv")
+    lines = baseline_validation(slices, settings["contrasts"], settings["image_size"])
+    draw_curve(val, lines, out / "learning_curve.png")
+    best = int(val["epoch"][int(np.argmax(val["psnr"]))])
+    report = {
+        "command": "python bench/bench_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "threads": args.threads, "device": args.device},
+        "recipe": json.loads(config.read_text()), "epochs": epochs, "steps": epochs * per_epoch,
+        "train_slices": train_slices, "test_slices": len(np.load(folders["MU-Diff (last epoch)"] / "real.npy")),
+        "seconds": {**{k: round(v, 1) for k, v in timings.items()}, "total": round(time.time() - started, 1)},
+        "validation": {**val, "best_epoch": best, "baselines": lines,
+                       "max_psnr_swing_after_first_quarter": max_swing(val["psnr"])},
+        "test": as_json(scores),
+    }
+    save_json(report, out / "quality.json")
+    print(f"\nTest split ({report['test_slices']} slices of held-out phantom cases), mean ± std over slices:")
+    print(comparison_table(scores))
+    print(f"\nvalidation PSNR per epoch: {', '.join(f'{v:.2f}' for v in val['psnr'])} (best: epoch {best}); "
+          f"largest epoch-to-epoch change after the first quarter: {report['validation']['max_psnr_swing_after_first_quarter']:.2f} dB")
+    print(f"baselines on the validation split: " + ", ".join(f"{k} {v['psnr']:.2f} dB / SSIM {v['ssim']:.3f}"
+                                                           for k, v in lines.items()))
+    print(f"{report['steps']} steps in {timings['train'] / 60:.1f} min of training; {report['seconds']['total'] / 60:.1f} "
+          f"min in all. Wrote {out / 'quality.json'} and {out / 'learning_curve.png'}")
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

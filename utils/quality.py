@@ -1,0 +1,79 @@
+"""Model against baselines: run the repository's scripts as a user would, score their outputs side by side.
+
+Shared by demo/quickstart.py and bench/bench_quality.py, so the quickstart's printed comparison and the quality
+benchmark's table come from the same code.
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from utils.errors import UserError
+from utils.metrics import Summary, evaluate_set, load_results_folder, plain_metrics, summarize, summarize_values
+
+ROOT = Path(__file__).resolve().parents[1]
+# Rows of the comparison table: (key, title). brain_plain is the plain metric restricted to the brain mask.
+TABLE_ROWS = (
+    ("brain_plain", "inside the brain, plain [0, 1] (no rescaling)"),
+    ("brain", "whole brain, paper protocol"),
+    ("lesion", "lesion, paper protocol"),
+    ("plain", "whole slice, plain [0, 1]"),
+)
+
+
+def run_step(title: str, script: str, flags: Sequence[object]) -> float:
+    """Print and run `python SCRIPT FLAGS` from the repository root; stop with a UserError if it fails.
+
+    Returns the seconds it took.
+    """
+    command = [sys.executable, str(ROOT / script), *map(str, flags)]
+    print(f"\n== {title}\n$ python {script} {shlex.join(map(str, flags))}", flush=True)
+    started = time.time()
+    result = subprocess.run(command, cwd=ROOT)
+    if result.returncode != 0:
+        raise UserError(f"step '{title}' failed (exit {result.returncode}); its message is above")
+    seconds = time.time() - started
+    print(f"   ({seconds:.0f} s)", flush=True)
+    return seconds
+
+
+def score_folder(folder: str | Path) -> dict[str, Summary]:
+    """Every protocol's summary for a folder test.py wrote: `<protocol>_<metric>` keys, plus `brain_plain_*`."""
+    data = load_results_folder(folder)
+    summary = summarize(evaluate_set(data, progress=False))
+    if data.brain_masks is not None:
+        masked = [plain_metrics(r, s, m) for r, s, m in zip(data.real, data.synth, data.brain_masks)]
+        for metric in ("psnr", "ssim", "mae"):
+            summary[f"brain_plain_{metric}"] = summarize_values(row[metric] for row in masked)
+    return summary
+
+
+def comparison_table(scores: Mapping[str, Mapping[str, Summary]], metrics: Sequence[str] = ("psnr", "ssim")
+                     ) -> str:
+    """A text table: one line per (protocol, method) with the mean ± std of each metric."""
+    lines = [f"{'':48s}" + "".join(f"{m.upper():>18s}" for m in metrics)]
+    for key, title in TABLE_ROWS:
+        if not any(f"{key}_{metrics[0]}" in s for s in scores.values()):
+            continue
+        lines.append(title)
+        for method, summary in scores.items():
+            cells = "".join(f"{str(summary.get(f'{key}_{m}', 'n/a')):>18s}" for m in metrics)
+            lines.append(f"  {method:46s}{cells}")
+    return "\n".join(lines)
+
+
+def as_json(scores: Mapping[str, Mapping[str, Summary]]) -> dict:
+    """The comparison as plain JSON types."""
+    return {method: {k: v.as_dict() for k, v in summary.items()} for method, summary in scores.items()}
+
+
+def max_swing(values: Sequence[float], skip_fraction: float = 0.25) -> float:
+    """Largest change between consecutive values after the first `skip_fraction` of them (NaN if fewer than 2)."""
+    tail = np.asarray(values[int(len(values) * skip_fraction):], dtype=np.float64)
+    return float(np.abs(np.diff(tail)).max()) if tail.size >= 2 else float("nan")
