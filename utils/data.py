@@ -122,8 +122,12 @@ def to_model_space(slices01: np.ndarray, image_size: int = 256) -> torch.Tensor:
     return torch.from_numpy((arr - 0.5) / 0.5).unsqueeze(1)
 
 
-def from_model_space(tensor: torch.Tensor | np.ndarray, original_hw: tuple[int, int]) -> np.ndarray:
-    """Inverse of to_model_space: (N, 1, S, S) or (N, S, S) in [-1, 1] -> float32 (N, H, W) in [0, 1]."""
+def from_model_space(tensor: torch.Tensor | np.ndarray, original_hw: tuple[int, int], clip: bool = True
+                     ) -> np.ndarray:
+    """Inverse of to_model_space: (N, 1, S, S) or (N, S, S) in [-1, 1] -> float32 (N, H, W) in [0, 1].
+
+    `clip=False` keeps values a sampler put just outside [-1, 1] (x·0.5 + 0.5 equals the original's (x + 1) / 2).
+    """
     arr = tensor.detach().cpu().float().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
     if arr.ndim == 4:
         arr = arr[:, 0]
@@ -135,7 +139,8 @@ def from_model_space(tensor: torch.Tensor | np.ndarray, original_hw: tuple[int, 
     t0, _ = pad_offsets(width, image_size)
     l0, _ = pad_offsets(height, image_size)
     crop = arr[:, t0:t0 + width, l0:l0 + height]
-    return np.clip(np.transpose(crop, (0, 2, 1)) * 0.5 + 0.5, 0.0, 1.0).astype(np.float32)
+    unit = np.transpose(crop, (0, 2, 1)) * 0.5 + 0.5
+    return (np.clip(unit, 0.0, 1.0) if clip else unit).astype(np.float32)
 
 
 def masks_to_model_space(masks: np.ndarray, image_size: int = 256) -> torch.Tensor:
