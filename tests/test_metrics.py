@@ -468,6 +468,55 @@ def test_cli_bad_inputs_give_one_line_errors(tmp_path: Path, capsys: pytest.Capt
     assert err.startswith("error: ") and message in err and "\n" not in err
 
 
+def _damage(path: Path, how: str) -> None:
+    """Cut a file in half, empty it, or flip bytes inside its compressed data."""
+    raw = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(bytes(raw[: len(raw) // 2]))
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:
+        middle = len(raw) // 2
+        raw[middle:middle + 8] = bytes(b ^ 0xFF for b in raw[middle:middle + 8])
+        path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("case", ["truncated .png", "empty .png", "damaged .png", "truncated .jpg", "empty .jpg",
+                                  "truncated .npy", "empty .npy", "truncated stack", "empty stack", "NaN stack"])
+def test_corrupt_files_give_one_line_and_no_output(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   case: str) -> None:
+    """Every corrupt input of metric_calc.py: exit 2, one `error:` line naming the file, no output folder."""
+    how, kind = case.split()
+    if kind == "stack":
+        _, _, folder = write_results_folder(tmp_path)
+        bad = folder / "synth.npy"
+        if how == "NaN":
+            stack = np.load(bad)
+            stack[1, 3, 4] = np.nan
+            np.save(bad, stack)
+        else:
+            _damage(bad, how)
+        argv, out = [str(tmp_path / "exp")], folder / "metrics"
+    else:
+        real, mask = brain_phantom()
+        for sub in ("real", "synth"):
+            for i in range(2):
+                name = tmp_path / sub / f"slice_{i}{kind}"
+                name.parent.mkdir(exist_ok=True)
+                if kind == ".npy":
+                    np.save(name, real)
+                else:
+                    Image.fromarray(np.round(real * 255).astype(np.uint8)).save(name)
+        bad = tmp_path / "synth" / f"slice_1{kind}"
+        _damage(bad, how)
+        out = tmp_path / "out"
+        argv = ["--real", str(tmp_path / "real"), "--synth", str(tmp_path / "synth"), "--out", str(out)]
+    assert run_cli(metric_calc.main, argv + ["--no_progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and str(bad) in err and "\n" not in err
+    assert not out.exists()
+
+
 def test_script_runs_as_printed_in_readme(tmp_path: Path) -> None:
     """`python metric_calc.py RESULTS_FOLDER` as a subprocess prints the table and exits 0."""
     write_results_folder(tmp_path, count=2)

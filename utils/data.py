@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from utils.errors import UserError
+from utils.fileio import load_npy
 
 SPLITS = ("train", "val", "test")
 BRAIN_MASK = "brain_mask"
@@ -91,11 +92,8 @@ def find_array(folder: str | os.PathLike, name: str) -> Path | None:
 
 
 def _open_array(path: Path) -> np.ndarray:
-    """Memory-map a .npy file (no pickles), turning a corrupt file into a UserError."""
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise UserError(f"{path} is not a readable .npy array ({err}); re-run pre_process.py") from err
+    """Memory-map a .npy file (no pickles), turning a corrupt, truncated or empty file into a UserError."""
+    return load_npy(path, "re-run pre_process.py", mmap=True)
 
 
 def pad_offsets(size: int, image_size: int, what: str = "slices") -> tuple[int, int]:

@@ -95,6 +95,8 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: the file is empty (0 bytes); write it again")
     if path.suffix.lower() == ".npy":
         return _read_npy(path)
     try:

@@ -194,7 +194,7 @@ def load_config(folder: str | os.PathLike) -> dict | None:
         return None
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UserError(f"{path} is not valid JSON ({err}); delete it or restore it from the training run") from err
 
 
