@@ -112,6 +112,10 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--save_content", action="store_true", default=True, help="save content.pth (always on)")
     g.add_argument("--save_content_every", type=int, default=1, help="save content.pth every N epochs")
     g.add_argument("--save_ckpt_every", type=int, default=10, help="save generator checkpoints every N epochs")
+    g.add_argument("--ddp_keys", action="store_true", default=False,
+                   help="write gen_diffusive_*.pth with DistributedDataParallel's 'module.' key prefix, as the "
+                        "original's training did, so that the original test.py (which cuts 7 characters off every "
+                        "key) can load them; our test.py reads either")
     g.add_argument("--lambda_l1_loss", type=float, default=0.5, help="weight of the L1 terms")
     g.add_argument("--lambda_mask_loss", type=float, default=0.1, help="weight of the mutual mask loss")
     g.add_argument("--lambda_adv", type=float, default=1.0, help="weight of the adversarial terms")
