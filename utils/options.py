@@ -1,8 +1,11 @@
 """Every command-line option, defined once and shared by train.py and test.py, and config.json I/O.
 
-Option names are the original MU-Diff ones. Defaults are the README training configuration (the one the published
-weights were trained with), so a bare `python train.py` trains the paper's model; the original's defaults
-(image size 32, 3 channels, 128 base channels, no channel multiplier) could not run on MRI slices at all.
+Option names are the original MU-Diff ones. Defaults are the values of the original README's training command
+(the configuration of the published weights), with two exceptions: --num_timesteps is 4 (the README trains with 2
+but tests with 4, the paper samples in 4 steps, and test.py shares this option) and --num_process_per_node is 1 (the
+README passes 3). A bare `python train.py` therefore trains that network with T = 4 in one process; the README's
+command, as printed, trains exactly its configuration. The original's defaults (image size 32, 3 channels, 128 base
+channels, no channel multiplier) could not run on MRI slices at all.
 """
 import argparse
 import json
