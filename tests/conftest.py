@@ -81,22 +81,30 @@ def reference_dir() -> Path:
     return REFERENCE_DIR
 
 
-@pytest.fixture(scope="session")
-def small_ref(reference_dir: Path) -> dict:
-    """Weights, inputs and outputs of the original code for the small configuration."""
-    path = reference_dir / "fixtures" / "small_ref.pt"
+def load_fixture(reference_dir: Path, name: str) -> dict:
+    """A reference fixture file (weights_only), or skip when this checkout lacks it."""
+    path = reference_dir / "fixtures" / name
     if not path.exists():
         pytest.skip(f"{path} not found")
     return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def small_ref(reference_dir: Path) -> dict:
+    """Weights, inputs and outputs of the original code for the small configuration."""
+    return load_fixture(reference_dir, "small_ref.pt")
 
 
 @pytest.fixture(scope="session")
 def schedule_ref(reference_dir: Path) -> dict:
     """Every schedule coefficient of the original for T = 4 and T = 2."""
-    path = reference_dir / "fixtures" / "schedule_ref.pt"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
-    return torch.load(path, weights_only=True)
+    return load_fixture(reference_dir, "schedule_ref.pt")
+
+
+@pytest.fixture(scope="session")
+def metric_ref(reference_dir: Path) -> dict:
+    """Model outputs and what the original code reports for them (metric_ref_manifest.json)."""
+    return load_fixture(reference_dir, "metric_ref.pt")
 
 
 # --- Tiny trained-looking experiments for the inference tests (test.py, NIfTI mode, the demo notebook) ---------

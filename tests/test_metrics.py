@@ -195,15 +195,6 @@ def test_saving_step_is_torchvision_save_image(tmp_path: Path) -> None:
     assert not original_saved_levels(generated)[~mask].any()
 
 
-@pytest.fixture(scope="module")
-def metric_ref(reference_dir: Path) -> dict:
-    """Model outputs and what the original code reports for them (metric_ref_manifest.json)."""
-    path = reference_dir / "fixtures" / "metric_ref.pt"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
-    return torch.load(path, weights_only=True)
-
-
 def assert_original_numbers(scores: dict[str, dict[str, list[float]]], expected: dict) -> float:
     """Per slice, region and metric: NaN exactly where the original gives NaN, else within 1e-6 relative.
 
