@@ -111,8 +111,7 @@ def _csv_text(rows: list[dict]) -> str:
 
 def _to_original(tensor: torch.Tensor, height_width: tuple[int, int], already_unit: bool, clip: bool = True
                  ) -> np.ndarray:
-    """Model-geometry (B, 1, S, S) tensor to (B, H, W) in the preprocessed arrays' orientation, in [0, 1] (with
-    `clip`)."""
+    """Model-geometry (B, 1, S, S) tensor to (B, H, W) in the preprocessed arrays' orientation ([0, 1] with clip)."""
     # from_model_space expects model space [-1, 1]; [0, 1] maps (maps, masks) are moved there first.
     model_space = tensor * 2 - 1 if already_unit else tensor
     return from_model_space(model_space.detach().cpu(), height_width, clip=clip)

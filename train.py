@@ -317,8 +317,7 @@ class Trainer:
         return out
 
     def generator_states(self) -> tuple[dict, dict]:
-        """CPU state dicts of both generators, plain or with --ddp_keys `module.` keys; the EMA weights with
-        --use_ema, as the original."""
+        """CPU state dicts of both generators: `module.` keys with --ddp_keys, EMA weights with --use_ema."""
         states = []
         for net, ema in ((self.nets.gen1, self.opts.ema1), (self.nets.gen2, self.opts.ema2)):
             state = (ema.averaged_state_dict() if ema is not None

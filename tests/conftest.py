@@ -180,8 +180,10 @@ NIFTI_DAMAGE = ("truncated", "empty", "nan_affine", "zero_affine")
 
 
 def damage_nifti(path: Path, how: str) -> None:
-    """Spoil a NIfTI file in place: cut its data part in half, empty it, or give its header a NaN or an all-zero
-    affine (sform; qform off), as a broken download or a careless converter would."""
+    """Spoil a NIfTI file in place, as a broken download or a careless converter would.
+
+    `how`: cut its stored bytes in half, empty it, or give its header a NaN or an all-zero affine (sform; qform off).
+    """
     import gzip
     import io
 

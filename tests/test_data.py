@@ -268,7 +268,7 @@ def test_bad_manifest_length(tmp_path: Path, arrays) -> None:
 
 @pytest.mark.parametrize("how", ["empty", "truncated", "not_npy"])
 def test_bad_corrupt_array(tmp_path: Path, arrays, how: str) -> None:
-    """A zero-byte, cut-off or non-.npy contrast file (train.py and test.py read splits this way): one line naming it."""
+    """A zero-byte, cut-off or non-.npy contrast file (as train.py and test.py read splits): one line naming it."""
     _write_split(tmp_path / "test", arrays)
     path = tmp_path / "test" / FILES["T2"]
     raw = path.read_bytes()

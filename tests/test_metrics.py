@@ -73,7 +73,7 @@ def test_plain_metrics_with_mask_use_only_masked_pixels() -> None:
 
 
 def test_metric_calc_psnr_matches_formula_on_hand_constructed_case() -> None:
-    """The original metric_calc step on two-level images whose normalisation is exact: mean-normalised values {0, 2}, range 2, 2 flipped pixels.
+    """The original metric_calc step on two-level images with exact normalisation: values {0, 2}, 2 pixels flipped.
 
     Real has 32 pixels at 1 and 32 at 2 (no zeros), so the 1/99 percentiles are 1 and 2, the clip does nothing and
     min–max gives {0, 1} with mean 0.5, hence x / mean ∈ {0, 2}. Synth swaps one 1 and one 2. With a full mask the
@@ -294,7 +294,8 @@ def test_the_originals_own_files_score_as_it_scored_them(metric_ref: dict, tmp_p
             (tmp_path / name).mkdir(exist_ok=True)
             save_image(unit / unit.mean(), tmp_path / name / f"test_samples_{i}.{suffix}", normalize=True)
         for region in REGIONS:
-            save_png8(metric_ref[f"{region}_mask"][i].numpy().astype(float), tmp_path / region / f"test_samples_{i}.png")
+            mask = metric_ref[f"{region}_mask"][i].numpy().astype(float)
+            save_png8(mask, tmp_path / region / f"test_samples_{i}.png")
     argv = ["--real", str(tmp_path / "real"), "--synth", str(tmp_path / "synth"), "--mask", str(tmp_path / "brain"),
             "--lesion_mask", str(tmp_path / "lesion"), "--out", str(tmp_path / "out"), "--no_progress"]
     assert run_cli(metric_calc.main, argv) == 0

@@ -96,8 +96,10 @@ def strip_module_prefix(state: Mapping[str, Any]) -> OrderedDict:
 
 
 def add_module_prefix(state: Mapping[str, Any]) -> OrderedDict:
-    """The keys DistributedDataParallel's state_dict has (`module.` in front), which the original test.py expects:
-    it cuts the first 7 characters off every key."""
+    """A state dict with DistributedDataParallel's `module.` key prefix, the form the original test.py loads.
+
+    The original cut the first 7 characters off every key.
+    """
     return OrderedDict((DDP_PREFIX + k, v) for k, v in state.items())
 
 

@@ -1,4 +1,4 @@
-"""Crash-safe file writes (a temporary name in the same folder, then a rename) and a .npy reader with one-line errors."""
+"""Crash-safe writes (temporary name, then rename); a .npy reader with one-line errors."""
 import contextlib
 import json
 import os

@@ -90,8 +90,11 @@ def _pillow_image(image: Image.Image, path: Path) -> np.ndarray:
 
 
 def read_image_file(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as stored: uint8 levels for an 8-bit PNG or a JPEG, float64 in [0, 1] for a 16-bit PNG,
-    the stored floats for .npy (checked to lie in [0, 1] up to rounding); every failure is one UserError."""
+    """Read an image file as stored; every failure (missing, empty, cut off, damaged) is one UserError.
+
+    Returns uint8 levels for an 8-bit PNG or a JPEG, float64 in [0, 1] for a 16-bit PNG, and the stored floats for
+    .npy (checked to lie in [0, 1] up to rounding).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")

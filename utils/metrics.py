@@ -157,8 +157,10 @@ def _as_mask(mask: Any) -> np.ndarray:
 
 # --------------------------------------------------------------------------- public metrics
 def saved_image_metrics(real: np.ndarray, synth: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """SSIM, PSNR and MAE of the original metric_calc.py (step B) on two images as it read them; NaN for an empty
-    mask. Any intensity scale gives the same numbers (up to rounding): the images are normalised per image first."""
+    """SSIM, PSNR and MAE of the original metric_calc.py (step B) on two images as it read them; NaN for an empty mask.
+
+    Any intensity scale gives the same numbers (up to rounding): the images are normalised per image first.
+    """
     real = np.asarray(real, dtype=np.float64)
     synth = np.asarray(synth, dtype=np.float64)
     mask = _as_mask(mask)
