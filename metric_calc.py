@@ -24,10 +24,12 @@ from utils.metrics import (METRICS, PROTOCOL_TITLES, PROTOCOLS, EvalSet, Summary
 
 METRIC_TITLES = {"psnr": "PSNR (dB)", "ssim": "SSIM", "mae": "MAE"}
 PROTOCOL_NOTES = {
-    "paper": ("paper protocol = the original metric_calc.py: per image 1/99 percentile clip of the non-zero pixels "
-              "and min-max to [0, 1]; x / mean(x); mask bounding box grown to >= 7x7; crop and multiply by the "
-              "mask; SSIM and PSNR on the mean-normalised crops with data_range = joint max - min; MAE on the "
-              "[0, 1] crops; slices with an empty mask are skipped (NaN)."),
+    "paper": ("paper protocol = the original pipeline without its JPEG: float images first go through the original "
+              "test.py's saving step (x / mean(x), min-max, x*255 + 0.5 truncated to 8 bits; 8-bit files are taken "
+              "as such images already), then the original metric_calc.py: per image 1/99 percentile clip of the "
+              "non-zero pixels and min-max to [0, 1]; x / mean(x); mask bounding box grown to >= 7x7; crop and "
+              "multiply by the mask; SSIM and PSNR on the mean-normalised crops with data_range = joint max - min; "
+              "MAE on the [0, 1] crops; slices with an empty mask are skipped (NaN)."),
     "plain": "plain = the [0, 1] images as given, whole image, SSIM/PSNR with data_range = 1, MAE.",
 }
 CSV_NAME, JSON_NAME, FIGURE_NAME = "metrics_per_slice.csv", "metrics_summary.json", "metrics_distribution.png"

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-import nibabel as nib
 import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
@@ -31,7 +30,8 @@ from utils.data import (BRAIN_MASK, CONTRAST_ALIASES, LESION_MASK, MANIFEST, MAN
                         canonical_contrast)
 from utils.errors import UserError, run_cli
 from utils.fileio import atomic_path
-from utils.preprocessing import load_volume, middle_slices, resize_masks, volume_to_slices
+from utils.preprocessing import (load_volume, middle_slices, open_nifti, read_voxels, resize_masks,
+                                 volume_to_slices)
 
 REPO_ROOT = Path(__file__).resolve().parent
 LAYOUTS = ("brats", "isles", "folders")
@@ -211,7 +211,11 @@ def read_split_files(paths: Sequence[str | Path]) -> dict[str, list[str]]:
             raise UserError(f"split file {path} does not exist")
     splits: dict[str, list[str]] = {}
     for path in files:
-        ids = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+        try:
+            text = path.read_text()
+        except (ValueError, OSError) as err:  # UnicodeDecodeError (a binary file) is a ValueError
+            raise UserError(f"split file {path} is not a text file of case ids ({err}); give a .list file") from err
+        ids = [line.split("#")[0].strip() for line in text.splitlines()]
         splits.setdefault(path.stem, []).extend(i for i in ids if i)
     owner: dict[str, str] = {}
     for split, ids in splits.items():
@@ -278,10 +282,7 @@ def _natural_key(text: str) -> list:
 
 def _header_shape(path: Path, what: str) -> tuple[int, ...]:
     """Voxel grid of a NIfTI file from its header alone; UserError for unreadable or non-3-D files."""
-    try:
-        shape = tuple(int(s) for s in nib.load(str(path)).shape)
-    except Exception as err:  # nibabel raises several types for a corrupt or non-NIfTI file
-        raise UserError(f"{what}: {path} is not a readable NIfTI file ({err}); re-download or re-export it") from err
+    shape = tuple(int(s) for s in open_nifti(path, what).shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
@@ -336,7 +337,7 @@ class CaseJob:
 
 def _load_label(path: Path, what: str) -> np.ndarray:
     """A label volume (may legitimately be all zero), 3-D and finite."""
-    data = np.asanyarray(nib.load(str(path)).dataobj)
+    data = read_voxels(open_nifti(path, what), path, what)
     data = data[..., 0] if data.ndim == 4 and data.shape[3] == 1 else data
     data = np.asarray(data, dtype=np.float64)
     if not np.all(np.isfinite(data)):

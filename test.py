@@ -24,7 +24,7 @@ from utils.data import BRAIN_MASK, SliceDataset, find_array, from_model_space
 from utils.errors import UserError, run_cli
 from utils.fileio import atomic_path, save_json, save_text
 from utils.baselines import PixelRegression
-from utils.images import save_png16
+from utils.images import RANGE_TOLERANCE, save_png16
 from utils.inference import (OUTPUT_DIR_NAME, Experiment, Synthesis, configure, describe, load_experiment,
                              make_parser, seed_everything, synthesize)
 from utils.nifti import case_name, find_case_files, synthesize_volume
@@ -111,11 +111,23 @@ def _csv_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _to_original(tensor: torch.Tensor, height_width: tuple[int, int], already_unit: bool) -> np.ndarray:
-    """Model-geometry (B, 1, S, S) tensor to (B, H, W) in the preprocessed arrays' orientation, in [0, 1]."""
+def _to_original(tensor: torch.Tensor, height_width: tuple[int, int], already_unit: bool, clip: bool = True
+                 ) -> np.ndarray:
+    """Model-geometry (B, 1, S, S) tensor to (B, H, W) in the preprocessed arrays' orientation ([0, 1] with clip)."""
     # from_model_space expects model space [-1, 1]; [0, 1] maps (maps, masks) are moved there first.
     model_space = tensor * 2 - 1 if already_unit else tensor
-    return np.clip(from_model_space(model_space.detach().cpu(), height_width), 0, 1)
+    return from_model_space(model_space.detach().cpu(), height_width, clip=clip)
+
+
+def synth_to_original(sample: torch.Tensor, height_width: tuple[int, int]) -> np.ndarray:
+    """A batch of samples (model space) as synth.npy stores them: (x + 1) / 2, not clipped to [0, 1].
+
+    The last step's coefficient 1.0000001 can put a sample 6e-8 outside [0, 1], and the paper protocol saves the
+    sample as the original did, unclipped. Only the readers' tolerance bounds it (a model built with --not_use_tanh
+    has no bound). The PNGs are clipped.
+    """
+    unit = _to_original(sample, height_width, False, clip=False)
+    return np.clip(unit, -RANGE_TOLERANCE, 1 + RANGE_TOLERANCE)
 
 
 def open_split(args: argparse.Namespace) -> SliceDataset:
@@ -149,7 +161,7 @@ def run_slices(predict: Predictor, args: argparse.Namespace, dataset: SliceDatas
         for batch in tqdm(loader, desc="synthesising", unit="batch"):
             cond1, cond2, cond3, target = batch[:4]
             result = predict(cond1, cond2, cond3)
-            images = {"synth": _to_original(result.sample, height_width, False),
+            images = {"synth": synth_to_original(result.sample, height_width),
                       "real": _to_original(target, height_width, False)}
             if with_masks:
                 images["brain_mask"] = (_to_original(batch[4], height_width, True) > 0.5).astype(np.float32)
@@ -170,7 +182,8 @@ def run_slices(predict: Predictor, args: argparse.Namespace, dataset: SliceDatas
 
 
 _LAYOUT_NOTES = {
-    "intensity": "(x + 1) / 2 of the model-space output, clipped to [0, 1]; no per-image normalisation",
+    "intensity": "(x + 1) / 2 of the model-space output, no per-image normalisation; synth.npy not clipped "
+                 "(a sample can lie 6e-8 outside [0, 1]), everything else in [0, 1]",
     "orientation": "that of the preprocessed <split>/<CONTRAST>.npy arrays (the loader's transpose undone)",
 }
 

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from backbones import build_critic, build_generators
-from utils.checkpoint import load_state, read_checkpoint
+from utils.checkpoint import add_module_prefix, load_state, read_checkpoint
 from utils.data import SliceDataset, check_dataset, resolve_contrasts
 from utils.diffusion import Diffusion_Coefficients, Posterior_Coefficients
 from utils.distributed import (LaunchPlan, ProcessLayout, all_reduce_mean, barrier, broadcast_module, close_group,
@@ -321,11 +321,12 @@ class Trainer:
         return out
 
     def generator_states(self) -> tuple[dict, dict]:
-        """Plain (no `module.`) CPU state dicts of both generators; the EMA weights with --use_ema, as the original."""
+        """CPU state dicts of both generators: `module.` keys with --ddp_keys, EMA weights with --use_ema."""
         states = []
         for net, ema in ((self.nets.gen1, self.opts.ema1), (self.nets.gen2, self.opts.ema2)):
-            states.append(ema.averaged_state_dict() if ema is not None
-                          else {k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+            state = (ema.averaged_state_dict() if ema is not None
+                     else {k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+            states.append(add_module_prefix(state) if self.args.ddp_keys else state)
         return states[0], states[1]
 
     # ----------------------------------------------------------------------- loop

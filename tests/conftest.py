@@ -81,22 +81,30 @@ def reference_dir() -> Path:
     return REFERENCE_DIR
 
 
-@pytest.fixture(scope="session")
-def small_ref(reference_dir: Path) -> dict:
-    """Weights, inputs and outputs of the original code for the small configuration."""
-    path = reference_dir / "fixtures" / "small_ref.pt"
+def load_fixture(reference_dir: Path, name: str) -> dict:
+    """A reference fixture file (weights_only), or skip when this checkout lacks it."""
+    path = reference_dir / "fixtures" / name
     if not path.exists():
         pytest.skip(f"{path} not found")
     return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def small_ref(reference_dir: Path) -> dict:
+    """Weights, inputs and outputs of the original code for the small configuration."""
+    return load_fixture(reference_dir, "small_ref.pt")
 
 
 @pytest.fixture(scope="session")
 def schedule_ref(reference_dir: Path) -> dict:
     """Every schedule coefficient of the original for T = 4 and T = 2."""
-    path = reference_dir / "fixtures" / "schedule_ref.pt"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
-    return torch.load(path, weights_only=True)
+    return load_fixture(reference_dir, "schedule_ref.pt")
+
+
+@pytest.fixture(scope="session")
+def metric_ref(reference_dir: Path) -> dict:
+    """Model outputs and what the original code reports for them (metric_ref_manifest.json)."""
+    return load_fixture(reference_dir, "metric_ref.pt")
 
 
 # --- Tiny trained-looking experiments for the inference tests (test.py, NIfTI mode, the demo notebook) ---------
@@ -165,3 +173,37 @@ def save_tiny_slices(root: Path, count: int = 5, height: int = 60, width: int = 
     rows = "".join(f"{i},case{i // 3:03d},{40 + i % 3}\n" for i in range(count))
     (folder / "manifest.csv").write_text("index,case_id,slice_index\n" + rows)
     return root
+
+
+# --- Corrupt user files for the bad-input tests ---------------------------------------------------------------
+NIFTI_DAMAGE = ("truncated", "empty", "nan_affine", "zero_affine")
+
+
+def damage_nifti(path: Path, how: str) -> None:
+    """Spoil a NIfTI file in place, as a broken download or a careless converter would.
+
+    `how`: cut its stored bytes in half, empty it, or give its header a NaN or an all-zero affine (sform; qform off).
+    """
+    import gzip
+    import io
+
+    import nibabel as nib
+
+    raw = path.read_bytes()
+    zipped = raw[:2] == b"\x1f\x8b"
+    data = gzip.decompress(raw) if zipped else raw
+    if how == "truncated":
+        # Cut the stored bytes (the compressed stream of a .nii.gz), so gzip or nibabel meets the end early.
+        path.write_bytes(raw[: len(raw) // 2] if zipped else data[: 352 + (len(data) - 352) // 2])
+        return
+    if how == "empty":
+        path.write_bytes(b"")
+        return
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(data[:348]))
+    rows = {"nan_affine": ([float("nan"), 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]),
+            "zero_affine": ([0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0])}[how]
+    for name, row in zip(("srow_x", "srow_y", "srow_z"), rows):
+        header[name] = row
+    header["sform_code"], header["qform_code"] = 1, 0
+    data = header.binaryblock + data[348:]
+    path.write_bytes(gzip.compress(data) if zipped else data)

@@ -264,3 +264,15 @@ def test_bad_manifest_length(tmp_path: Path, arrays) -> None:
         fh.write("6,case2,40\n")
     with pytest.raises(UserError, match="lists 7 slices but the arrays hold 6"):
         SliceDataset(tmp_path, "test", ["T1", "T2", "DWI", "FLAIR"], image_size=S)
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated", "not_npy"])
+def test_bad_corrupt_array(tmp_path: Path, arrays, how: str) -> None:
+    """A zero-byte, cut-off or non-.npy contrast file (as train.py and test.py read splits): one line naming it."""
+    _write_split(tmp_path / "test", arrays)
+    path = tmp_path / "test" / FILES["T2"]
+    raw = path.read_bytes()
+    path.write_bytes({"empty": b"", "truncated": raw[: len(raw) // 2], "not_npy": b"T2 slices\n"}[how])
+    with pytest.raises(UserError, match=rf"{path.name} is not a readable .npy array .*re-run pre_process.py") as err:
+        check_dataset(tmp_path, ["test"], ["T2"], S)
+    assert "\n" not in str(err.value)

@@ -10,7 +10,9 @@ import torch
 from conftest import ROOT, load_script, TINY_MODEL_ARGS, save_tiny_experiment, save_tiny_slices
 from utils.errors import UserError, run_cli
 from utils.images import read_image
-from utils.inference import resolve_device
+from utils.data import SliceDataset
+from utils.diffusion import sample_from_model
+from utils.inference import open_experiment, resolve_device
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -198,3 +200,22 @@ def test_device_resolution() -> None:
         assert resolve_device("auto", 0) == torch.device("cpu")
         with pytest.raises(UserError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_seed_42_batch_1_makes_the_original_test_py_draws(workspace: Path) -> None:
+    """The original test.py seeded 42 and sampled one slice at a time: per slice x_T = randn_like(target), then per
+    step z = randn(1, nz) and one posterior noise draw. `--seed 42 --batch_size 1` makes exactly these draws, in this
+    order, slice after slice. (On the CPU the data loader's iterator takes one seed draw from the same generator
+    first; on a GPU that draw goes to the CPU generator and the GPU's stream starts with x_T, as in the original.)"""
+    synth = np.load(run(workspace, "exp_brats", "--limit", "3", "--seed", "42", "--batch_size", "1") / "synth.npy")
+    exp = open_experiment(workspace / "results" / "exp_brats", device="cpu")
+    dataset = SliceDataset(workspace / "BRATS", "test", exp.contrasts, image_size=exp.args.image_size)
+    torch.manual_seed(42)
+    torch.empty((), dtype=torch.int64).random_()  # the data loader's seed draw
+    for i in range(3):
+        # Contiguous, as the data loader's batches are (randn_like follows the memory layout).
+        cond1, cond2, cond3, target = (x[None].contiguous() for x in dataset[i][:4])
+        x_t = torch.randn_like(target)
+        sample = sample_from_model(exp.coefficients, exp.gen1, cond1, exp.gen2, cond2, cond3,
+                                   exp.args.num_timesteps, x_t, None, exp.args)
+        np.testing.assert_array_equal(test_script.synth_to_original(sample, (HEIGHT, WIDTH))[0], synth[i])

@@ -8,15 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from torchvision.utils import save_image
 
 import metric_calc
+from conftest import load_script
 from utils.errors import UserError, run_cli
 from utils.fileio import save_npy
 from utils.images import natural_key, read_image, read_mask, save_png8, save_png16
-from utils.metrics import (evaluate_folder, evaluate_pairs, mask_box, paper_metrics, percentile_minmax,
-                           plain_metrics, summarize)
+from utils.metrics import (as_saved_image, evaluate_folder, evaluate_pairs, load_results_folder, mask_box,
+                           original_saved_levels, paper_metrics, percentile_minmax, plain_metrics,
+                           saved_image_metrics, summarize)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,8 +72,8 @@ def test_plain_metrics_with_mask_use_only_masked_pixels() -> None:
     assert all(math.isnan(v) for v in plain_metrics(real, synth, np.zeros(real.shape)).values())
 
 
-def test_paper_psnr_matches_formula_on_hand_constructed_case() -> None:
-    """Two-level images whose normalisation is exact: mean-normalised values {0, 2}, range 2, 2 flipped pixels.
+def test_metric_calc_psnr_matches_formula_on_hand_constructed_case() -> None:
+    """The original metric_calc step on two-level images with exact normalisation: values {0, 2}, 2 pixels flipped.
 
     Real has 32 pixels at 1 and 32 at 2 (no zeros), so the 1/99 percentiles are 1 and 2, the clip does nothing and
     min–max gives {0, 1} with mean 0.5, hence x / mean ∈ {0, 2}. Synth swaps one 1 and one 2. With a full mask the
@@ -79,7 +83,7 @@ def test_paper_psnr_matches_formula_on_hand_constructed_case() -> None:
     real[:, 4:] = 2.0
     synth = real.copy()
     synth[0, 0], synth[0, 7] = 2.0, 1.0
-    scores = paper_metrics(real / 2, synth / 2, np.ones((8, 8)))
+    scores = saved_image_metrics(real / 2, synth / 2, np.ones((8, 8)))
     assert scores["psnr"] == pytest.approx(10 * math.log10(32.0), abs=1e-9)
     assert scores["mae"] == pytest.approx(2 / 64, abs=1e-12)
 
@@ -101,8 +105,9 @@ def test_mask_box_grows_to_seven_and_stays_inside_the_image() -> None:
     assert mask_box(np.zeros((12, 12), dtype=bool)) is None
 
 
-def test_paper_protocol_matches_step_by_step_reference() -> None:
-    """The whole original protocol, worked by hand with numpy and skimage on a 12×12 slice with a 2×3 mask."""
+def test_metric_calc_step_matches_step_by_step_reference() -> None:
+    """The original metric_calc.py's scoring, worked by hand with numpy and skimage on a 12×12 slice with a 2×3 mask;
+    paper_metrics is that scoring of the saved 8-bit images."""
     rng = np.random.default_rng(3)
     real = np.zeros((12, 12))
     real[1:11, 1:11] = rng.uniform(0.1, 1.0, (10, 10))
@@ -128,11 +133,14 @@ def test_paper_protocol_matches_step_by_step_reference() -> None:
         "psnr": peak_signal_noise_ratio(real_pc, synth_pc, data_range=data_range),
         "mae": np.mean(np.abs(real_n[rows, cols] * m - synth_n[rows, cols] * m)),
     }
-    scores = paper_metrics(real, synth, mask)
+    scores = saved_image_metrics(real, synth, mask)
     for key, value in expected.items():
         assert scores[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
-    # The protocol is scale-free: the same slice stored as 8-bit-like levels gives the same numbers.
-    assert paper_metrics(real * 255, synth * 255, mask * 255)["ssim"] == pytest.approx(expected["ssim"], rel=1e-9)
+    # The scoring is scale-free: the same slice stored as 8-bit-like levels gives the same numbers.
+    assert saved_image_metrics(real * 255, synth * 255, mask * 255)["ssim"] == pytest.approx(expected["ssim"], rel=1e-9)
+    saved = original_saved_levels(real), original_saved_levels(synth)
+    assert paper_metrics(real, synth, mask) == saved_image_metrics(*saved, mask)
+    assert paper_metrics(*saved, mask) == saved_image_metrics(*saved, mask)  # 8-bit images are already saved
 
 
 def test_all_zero_image_does_not_crash() -> None:
@@ -165,6 +173,133 @@ def test_summarize_excludes_infinite_psnr_and_formats_mean_std() -> None:
     assert str(summary) == "25.000 ± 5.000"
     assert str(summarize([math.inf])) == "inf (identical)"
     assert str(summarize([math.nan])) == "n/a"
+
+
+# --------------------------------------------------------------------------- the original pipeline
+REGIONS = ("brain", "lesion")
+test_script = load_script("test.py", "mudiff_test_script_metrics")
+
+
+def test_saving_step_is_torchvision_save_image(tmp_path: Path) -> None:
+    """original_saved_levels gives the pixels the original test.py wrote: save_image(x / x.mean(), normalize=True)."""
+    rng = np.random.default_rng(6)
+    disc, mask = brain_phantom(size=40, seed=7)
+    # A generator-like slice: its background sits just above 0 ((x + 1) / 2 of tanh ≈ −0.99), never at 0.
+    generated = np.where(mask, disc, 0.004 + 0.0005 * rng.random(disc.shape))
+    for i, image in enumerate((rng.random((40, 36)), disc, generated)):
+        tensor = torch.from_numpy(image.astype(np.float32))[None, None]
+        save_image(tensor / tensor.mean(), tmp_path / f"{i}.png", normalize=True)
+        written = np.asarray(Image.open(tmp_path / f"{i}.png"))
+        np.testing.assert_array_equal(original_saved_levels(image), written[..., 0])
+    # The min–max and the rounding send that background to exactly 0: it leaves the non-zero percentile set.
+    assert not original_saved_levels(generated)[~mask].any()
+
+
+def assert_original_numbers(scores: dict[str, dict[str, list[float]]], expected: dict) -> float:
+    """Per slice, region and metric: NaN exactly where the original gives NaN, else within 1e-6 relative.
+
+    Returns the largest relative difference.
+    """
+    worst = 0.0
+    for region in REGIONS:
+        for metric in ("ssim", "psnr", "mae"):
+            ours, theirs = np.asarray(scores[region][metric], float), np.asarray(expected[region][metric], float)
+            np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs), err_msg=f"{region} {metric} NaN")
+            known = ~np.isnan(theirs)
+            np.testing.assert_allclose(ours[known], theirs[known], rtol=1e-6, err_msg=f"{region} {metric}")
+            worst = max(worst, float(np.max(np.abs(ours[known] / theirs[known] - 1))))
+    return worst
+
+
+def to_unit(model_space: torch.Tensor) -> np.ndarray:
+    """The original's to_range_0_1, (x + 1) / 2, of (N, 1, H, W) model outputs, as float32 (N, H, W)."""
+    return ((model_space[:, 0] + 1.) / 2.).numpy()
+
+
+def test_paper_protocol_reproduces_the_original_pipeline(metric_ref: dict) -> None:
+    """On the fixture's model outputs paper_metrics gives, per slice, what the original test.py + metric_calc.py
+    report with lossless 8-bit files (path 'png'); scoring the floats without the saving step does not."""
+    real, synth = to_unit(metric_ref["real_model"]), to_unit(metric_ref["synth_model"])
+    scores = {r: {"ssim": [], "psnr": [], "mae": []} for r in REGIONS}
+    unsaved = []
+    for i in range(len(real)):
+        for region in REGIONS:
+            mask = metric_ref[f"{region}_mask"][i].numpy()
+            for metric, value in paper_metrics(real[i], synth[i], mask).items():
+                scores[region][metric].append(value)
+            if region == "lesion" and mask.any():
+                unsaved.append(saved_image_metrics(real[i], synth[i], mask)["psnr"])
+    assert_original_numbers(scores, metric_ref["expected"]["png"])
+    assert np.nanmean(metric_ref["expected"]["png"]["lesion"]["psnr"]) - np.mean(unsaved) > 1.0
+
+
+def write_fixture_results(metric_ref: dict, folder: Path) -> None:
+    """The fixture's outputs written as test.py writes a results folder (same functions, same layout)."""
+    height_width = tuple(metric_ref["real_model"].shape[-2:])
+    images = {"real": test_script._to_original(metric_ref["real_model"], height_width, False),
+              "synth": test_script.synth_to_original(metric_ref["synth_model"], height_width)}
+    for region in REGIONS:
+        masks = metric_ref[f"{region}_mask"][:, None].float()
+        images[f"{region}_mask"] = (test_script._to_original(masks, height_width, True) > 0.5).astype(np.float32)
+    with test_script.SampleWriter(folder, list(images), len(images["real"]), height_width) as writer:
+        for i in range(len(images["real"])):
+            writer.write(i, {name: stack[i] for name, stack in images.items()})
+
+
+def csv_scores(path: Path) -> dict[str, dict[str, list[float]]]:
+    """Per-slice paper-protocol columns of metrics_per_slice.csv as {region: {metric: values}}."""
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
+    return {r: {m: [float(row[f"{r}_{m}"]) for row in rows] for m in ("ssim", "psnr", "mae")} for r in REGIONS}
+
+
+def test_metric_calc_on_a_results_folder_prints_the_original_numbers(metric_ref: dict, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """metric_calc.py on a results folder built from the fixture's outputs prints, and writes per slice, the
+    original's numbers (path 'png') from the float stacks; the 16-bit PNGs give nearly the same 8-bit images."""
+    write_fixture_results(metric_ref, tmp_path / "exp" / "generated_samples")
+    assert run_cli(metric_calc.main, [str(tmp_path / "exp"), "--no_progress"]) == 0
+    printed = capsys.readouterr().out
+    expected = metric_ref["expected"]["png"]
+    out = tmp_path / "exp" / "generated_samples" / "metrics"
+    assert_original_numbers(csv_scores(out / "metrics_per_slice.csv"), expected)
+    summary = json.loads((out / "metrics_summary.json").read_text())["metrics"]
+    for region in REGIONS:
+        row = next(line for line in printed.splitlines() if line.startswith(metric_calc.PROTOCOL_TITLES[region]))
+        for metric in ("psnr", "ssim", "mae"):
+            values = np.asarray(expected[region][metric], float)
+            mean, std = np.nanmean(values), np.nanstd(values)
+            assert f"{mean:.3f} ± {std:.3f}" in row
+            assert summary[f"{region}_{metric}"]["mean"] == pytest.approx(mean, rel=1e-6)
+    stacks = load_results_folder(tmp_path / "exp")
+    for name in ("real.npy", "synth.npy"):
+        (tmp_path / "exp" / "generated_samples" / name).unlink()
+    pngs = load_results_folder(tmp_path / "exp")
+    assert "image files" in pngs.source
+    for i in range(len(stacks.names)):
+        for name in ("real", "synth"):
+            exact, rounded = (as_saved_image(getattr(data, name)[i]).astype(int) for data in (stacks, pngs))
+            # The PNGs' 16-bit rounding moves a pixel that lies near an 8-bit boundary by one level, rarely.
+            assert np.abs(exact - rounded).max() <= 1 and np.mean(exact != rounded) < 0.002
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg"])
+def test_the_originals_own_files_score_as_it_scored_them(metric_ref: dict, tmp_path: Path, kind: str) -> None:
+    """Folders of the original's 8-bit files (torchvision save_image of x / mean with normalize=True, as its test.py
+    saved them; PNG, or its JPEG with Pillow's defaults) are scored as they are: the fixture's 'png' or 'jpeg' path."""
+    suffix = {"png": "png", "jpeg": "jpg"}[kind]
+    for i in range(len(metric_ref["real_model"])):
+        for name in ("real", "synth"):
+            unit = (metric_ref[f"{name}_model"][i:i + 1] + 1.) / 2.
+            (tmp_path / name).mkdir(exist_ok=True)
+            save_image(unit / unit.mean(), tmp_path / name / f"test_samples_{i}.{suffix}", normalize=True)
+        for region in REGIONS:
+            mask = metric_ref[f"{region}_mask"][i].numpy().astype(float)
+            save_png8(mask, tmp_path / region / f"test_samples_{i}.png")
+    argv = ["--real", str(tmp_path / "real"), "--synth", str(tmp_path / "synth"), "--mask", str(tmp_path / "brain"),
+            "--lesion_mask", str(tmp_path / "lesion"), "--out", str(tmp_path / "out"), "--no_progress"]
+    assert run_cli(metric_calc.main, argv) == 0
+    assert_original_numbers(csv_scores(tmp_path / "out" / "metrics_per_slice.csv"), metric_ref["expected"][kind])
 
 
 # --------------------------------------------------------------------------- image I/O
@@ -323,6 +458,55 @@ def test_cli_bad_inputs_give_one_line_errors(tmp_path: Path, capsys: pytest.Capt
     assert run_cli(metric_calc.main, argv + ["--no_progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def _damage(path: Path, how: str) -> None:
+    """Cut a file in half, empty it, or flip bytes inside its compressed data."""
+    raw = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(bytes(raw[: len(raw) // 2]))
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:
+        middle = len(raw) // 2
+        raw[middle:middle + 8] = bytes(b ^ 0xFF for b in raw[middle:middle + 8])
+        path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("case", ["truncated .png", "empty .png", "damaged .png", "truncated .jpg", "empty .jpg",
+                                  "truncated .npy", "empty .npy", "truncated stack", "empty stack", "NaN stack"])
+def test_corrupt_files_give_one_line_and_no_output(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   case: str) -> None:
+    """Every corrupt input of metric_calc.py: exit 2, one `error:` line naming the file, no output folder."""
+    how, kind = case.split()
+    if kind == "stack":
+        _, _, folder = write_results_folder(tmp_path)
+        bad = folder / "synth.npy"
+        if how == "NaN":
+            stack = np.load(bad)
+            stack[1, 3, 4] = np.nan
+            np.save(bad, stack)
+        else:
+            _damage(bad, how)
+        argv, out = [str(tmp_path / "exp")], folder / "metrics"
+    else:
+        real, mask = brain_phantom()
+        for sub in ("real", "synth"):
+            for i in range(2):
+                name = tmp_path / sub / f"slice_{i}{kind}"
+                name.parent.mkdir(exist_ok=True)
+                if kind == ".npy":
+                    np.save(name, real)
+                else:
+                    Image.fromarray(np.round(real * 255).astype(np.uint8)).save(name)
+        bad = tmp_path / "synth" / f"slice_1{kind}"
+        _damage(bad, how)
+        out = tmp_path / "out"
+        argv = ["--real", str(tmp_path / "real"), "--synth", str(tmp_path / "synth"), "--out", str(out)]
+    assert run_cli(metric_calc.main, argv + ["--no_progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and str(bad) in err and "\n" not in err
+    assert not out.exists()
 
 
 def test_script_runs_as_printed_in_readme(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, load_script, save_tiny_experiment
+from conftest import NIFTI_DAMAGE, ROOT, damage_nifti, load_script, save_tiny_experiment
 from utils.errors import UserError, run_cli
 from utils.nifti import case_name, find_case_files, model_slices_to_volume, volume_to_model_slices
 from utils.preprocessing import normalize_volume
@@ -150,4 +150,21 @@ def test_input_errors_are_one_line(volume_run: dict, tmp_path: Path, capsys: pyt
         assert run_cli(test_script.main, argv + common) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("error:")
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
+@pytest.mark.parametrize("how", NIFTI_DAMAGE)
+def test_corrupt_condition_is_one_line(volume_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                       how: str) -> None:
+    """A cut-off or empty conditioning file, or one whose header affine is NaN or all zero (the output would copy
+    it), exits with one `error:` line naming the file and writes no output volume."""
+    paths = volume_run["paths"]
+    damaged = tmp_path / paths["t1"].name
+    damaged.write_bytes(paths["t1"].read_bytes())
+    damage_nifti(damaged, how)
+    argv = ["--cond1", str(paths["flair"]), "--cond2", str(paths["t2"]), "--cond3", str(damaged), "--exp",
+            "exp_brats", "--output_path", str(volume_run["root"] / "results"), "--out", str(tmp_path / "x.nii.gz")]
+    assert run_cli(test_script.main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: --cond3") and str(damaged) in err
     assert not (tmp_path / "x.nii.gz").exists()

@@ -11,6 +11,7 @@ import pytest
 from skimage.transform import resize
 
 import pre_process
+from conftest import NIFTI_DAMAGE, damage_nifti
 from demo import make_sample_data as phantom
 from utils.errors import UserError
 
@@ -318,3 +319,44 @@ def test_bad_case_in_two_splits(brats_root: Path, tmp_path: Path) -> None:
     """The same case in train and test would leak test data into training."""
     lists = _write_lists(tmp_path / "lists", {"train": CASES[:2], "test": CASES[1:2]})
     _expect_error(brats_root / "cases", lists, tmp_path, f"case {CASES[1]} is listed in both test and train")
+
+
+@pytest.mark.parametrize("how", NIFTI_DAMAGE)
+def test_bad_corrupt_nifti(brats_root: Path, tmp_path: Path, how: str) -> None:
+    """A cut-off or empty file, or a header whose affine is NaN or all zero, in the last case: one line naming the
+    file, nothing written (the truncated data is only met while processing, after the other cases)."""
+    cases = _copy_cases(brats_root, tmp_path)
+    path = cases / CASES[3] / f"{CASES[3]}_t2.nii.gz"
+    damage_nifti(path, how)
+    reason = {"truncated": "truncated or damaged", "empty": "not a readable NIfTI file",
+              "nan_affine": "affine has NaN", "zero_affine": "affine is singular"}[how]
+    _expect_error(cases, brats_root / "splits", tmp_path, f"case {CASES[3]} T2: .*{path.name}.* {reason}")
+
+
+def test_bad_corrupt_label(brats_root: Path, tmp_path: Path) -> None:
+    """A cut-off label volume is refused like an image."""
+    cases = _copy_cases(brats_root, tmp_path)
+    damage_nifti(cases / CASES[1] / f"{CASES[1]}_seg.nii.gz", "truncated")
+    _expect_error(cases, brats_root / "splits", tmp_path, f"case {CASES[1]} label: .*_seg.nii.gz is truncated")
+
+
+def test_bad_binary_split_file(brats_root: Path, tmp_path: Path) -> None:
+    """A split file that is not text (e.g. a NIfTI passed by mistake)."""
+    lists = _write_lists(tmp_path / "lists", {"train": CASES[:2], "test": CASES[3:]})
+    (lists / "val.list").write_bytes(b"\x1f\x8b\x08\x00\xff\xfe\xfd")
+    _expect_error(brats_root / "cases", lists, tmp_path, "split file .*val.list is not a text file")
+
+
+def test_truncated_volume_is_one_line_from_a_worker_process(brats_root: Path, tmp_path: Path) -> None:
+    """The issue's case as a user meets it: pre_process.py with --workers 2 on a cut-off .nii.gz ends with one
+    `error:` line naming the file, status 2, no traceback, no output folder."""
+    cases = _copy_cases(brats_root, tmp_path)
+    damage_nifti(cases / CASES[2] / f"{CASES[2]}_flair.nii.gz", "truncated")
+    cmd = [sys.executable, str(ROOT / "pre_process.py"), "--layout", "brats", "--input", str(cases), "--split-file",
+           str(brats_root / "splits"), "--output", str(tmp_path / "out"), "--slices", str(SLICES), "--size", "32",
+           "--workers", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and f"{CASES[2]}_flair.nii.gz is truncated" in last
+    assert not (tmp_path / "out").exists()

@@ -558,3 +558,26 @@ def test_torchrun_environment_is_detected(monkeypatch):
     plan = plan_launch(1, 3, 0, "127.0.0.1", "6021")
     assert (plan.mode, plan.world_size, plan.local_world_size, plan.node_rank, plan.port) == ("torchrun", 4, 2, 1,
                                                                                             29500)
+
+
+def test_the_authors_extra_epoch_and_files_their_test_py_reads(run_a, data, tmp_path, one_thread):
+    """The original ran --num_epoch + 1 epochs, the last at the schedule's floor (1e-5): resuming a finished run
+    with --num_epoch one higher (the README's recipe) trains that epoch at 1e-5, the earlier ones as before.
+    --ddp_keys writes generator files the original test.py loads: it cuts 7 characters off every key and loads
+    with strict=False, which must then miss nothing."""
+    shutil.copytree(run_a["dir"], tmp_path / "c")
+    with pytest.warns(UserWarning, match="--num_epoch changed from 2 to 3"):
+        train.main(argv(data, tmp_path, "c", *RUN_AB, "--num_epoch", "3", "--resume", "--ddp_keys"))
+    rates: dict[int, set] = {}
+    for row in read_rows(tmp_path / "c" / "log.csv"):
+        rates.setdefault(int(row["epoch"]), set()).add((float(row["lr_g"]), float(row["lr_d"])))
+    assert rates[1] == {(1.6e-4, 1e-4)} and len(rates[2]) == 1
+    assert next(iter(rates[2]))[0] == pytest.approx(training.LR_ETA_MIN + (1.6e-4 - training.LR_ETA_MIN) / 2)
+    assert rates[3] == {(training.LR_ETA_MIN, training.LR_ETA_MIN)}
+    args = tiny_args(data, tmp_path)
+    for index, net in enumerate(train.build_generators(args), start=1):
+        state = read_checkpoint(tmp_path / "c" / f"gen_diffusive_{index}_3.pth")
+        assert all(k.startswith("module.") for k in state)
+        result = net.load_state_dict({k[7:]: v for k, v in state.items()}, strict=False)
+        assert not result.missing_keys and not result.unexpected_keys
+        assert states_equal(net.state_dict(), {k[7:]: v for k, v in state.items()})

@@ -95,6 +95,14 @@ def strip_module_prefix(state: Mapping[str, Any]) -> OrderedDict:
     return stripped
 
 
+def add_module_prefix(state: Mapping[str, Any]) -> OrderedDict:
+    """A state dict with DistributedDataParallel's `module.` key prefix, the form the original test.py loads.
+
+    The original cut the first 7 characters off every key.
+    """
+    return OrderedDict((DDP_PREFIX + k, v) for k, v in state.items())
+
+
 def _strip_ddp_key(key: str) -> str:
     """A key or module path without the DDP wrapper's `module.` (the wrapper's own path `module` becomes '')."""
     if key == DDP_PREFIX[:-1]:
@@ -163,6 +171,6 @@ def save_checkpoint(obj: Any, path: PathLike) -> None:
 
 
 __all__ = [
-    "DEFAULT_HINT", "CheckpointError", "load_state", "pick_state", "read_checkpoint", "save_checkpoint",
-    "strip_module_prefix",
+    "DEFAULT_HINT", "CheckpointError", "add_module_prefix", "load_state", "pick_state", "read_checkpoint",
+    "save_checkpoint", "strip_module_prefix",
 ]

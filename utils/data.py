@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from utils.errors import UserError
+from utils.fileio import load_npy
 
 SPLITS = ("train", "val", "test")
 BRAIN_MASK = "brain_mask"
@@ -91,11 +92,8 @@ def find_array(folder: str | os.PathLike, name: str) -> Path | None:
 
 
 def _open_array(path: Path) -> np.ndarray:
-    """Memory-map a .npy file (no pickles), turning a corrupt file into a UserError."""
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise UserError(f"{path} is not a readable .npy array ({err}); re-run pre_process.py") from err
+    """Memory-map a .npy file (no pickles), turning a corrupt, truncated or empty file into a UserError."""
+    return load_npy(path, "re-run pre_process.py", mmap=True)
 
 
 def pad_offsets(size: int, image_size: int, what: str = "slices") -> tuple[int, int]:
@@ -122,8 +120,12 @@ def to_model_space(slices01: np.ndarray, image_size: int = 256) -> torch.Tensor:
     return torch.from_numpy((arr - 0.5) / 0.5).unsqueeze(1)
 
 
-def from_model_space(tensor: torch.Tensor | np.ndarray, original_hw: tuple[int, int]) -> np.ndarray:
-    """Inverse of to_model_space: (N, 1, S, S) or (N, S, S) in [-1, 1] -> float32 (N, H, W) in [0, 1]."""
+def from_model_space(tensor: torch.Tensor | np.ndarray, original_hw: tuple[int, int], clip: bool = True
+                     ) -> np.ndarray:
+    """Inverse of to_model_space: (N, 1, S, S) or (N, S, S) in [-1, 1] -> float32 (N, H, W) in [0, 1].
+
+    `clip=False` keeps values a sampler put just outside [-1, 1] (x·0.5 + 0.5 equals the original's (x + 1) / 2).
+    """
     arr = tensor.detach().cpu().float().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
     if arr.ndim == 4:
         arr = arr[:, 0]
@@ -135,7 +137,8 @@ def from_model_space(tensor: torch.Tensor | np.ndarray, original_hw: tuple[int, 
     t0, _ = pad_offsets(width, image_size)
     l0, _ = pad_offsets(height, image_size)
     crop = arr[:, t0:t0 + width, l0:l0 + height]
-    return np.clip(np.transpose(crop, (0, 2, 1)) * 0.5 + 0.5, 0.0, 1.0).astype(np.float32)
+    unit = np.transpose(crop, (0, 2, 1)) * 0.5 + 0.5
+    return (np.clip(unit, 0.0, 1.0) if clip else unit).astype(np.float32)
 
 
 def masks_to_model_space(masks: np.ndarray, image_size: int = 256) -> torch.Tensor:

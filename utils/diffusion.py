@@ -1,11 +1,13 @@
 """The discrete diffusion process of MU-Diff: schedules, forward noising, posterior sampling and the T-step sampler.
 
-This is the only place the diffusion math lives; training, testing and the notebook all import it. Coefficients are
-numerically identical to the original's (same op order, same dtypes), and random numbers are drawn in the original's
-order, so a seed reproduces the original's samples.
+This is the only place the diffusion math lives; training, testing and the notebook all import it. Random numbers
+are drawn in the original's order, so a seed gives the original's noise.
 
-Coefficients are computed on the CPU (the original computed the float64 part there too) and then moved to the device
-once; the sampler never copies anything back to the host between steps.
+Coefficients are computed on the CPU and then moved to the device once; the sampler never copies anything back to
+the host between steps. On the CPU they are bit for bit the original's (same op order, same dtypes; the tests hold
+them to its reference values). Bit for bit holds on the CPU only: the original computed the float32 part of its
+schedule on its device, and on a GPU CUDA's torch.cumprod accumulates ᾱ in float32 where the CPU's accumulates in
+float64, so the original's GPU ᾱ, and the posterior coefficients built from it, differ from these by 1 ulp.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Crash-safe file writes: everything is written under a temporary name in the same folder, then renamed."""
+"""Crash-safe writes (temporary name, then rename); a .npy reader with one-line errors."""
 import contextlib
 import json
 import os
@@ -8,6 +8,8 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+
+from utils.errors import UserError
 
 
 def _current_umask() -> int:
@@ -62,3 +64,18 @@ def save_text(text: str, path: str | os.PathLike) -> None:
     """Write `text` to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def load_npy(path: str | os.PathLike, hint: str, mmap: bool = False) -> np.ndarray:
+    """np.load a .npy file without pickles (memory-mapped with `mmap`).
+
+    A missing, empty, truncated or non-.npy file is one UserError that names it and ends with `hint` (what to do).
+    """
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: file not found") from err
+    except (OSError, ValueError, EOFError) as err:
+        # An empty file raises EOFError, a truncated one ValueError or OSError, a pickled one ValueError.
+        reason = str(err).splitlines()[0] if str(err) else "empty file"
+        raise UserError(f"{path} is not a readable .npy array ({reason}); {hint}") from err

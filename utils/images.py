@@ -1,4 +1,7 @@
-"""Image files for evaluation: lossless 16-bit PNG output, reading PNG/JPEG/.npy as [0, 1] floats, name pairing.
+"""Image files for evaluation: lossless 16-bit PNG output, reading PNG/JPEG/.npy, name pairing.
+
+read_image gives [0, 1] floats; read_image_file keeps what the file holds: 8-bit levels (uint8) for 8-bit PNG and
+JPEG (the kind of file the original test.py wrote, which the paper protocol scores as it is), floats otherwise.
 
 Grayscale conversion follows what the original evaluation got from OpenCV's `cv2.IMREAD_GRAYSCALE`:
 * JPEG files are decoded straight to their luma (Y) channel (Pillow's draft mode "L", the same libjpeg output
@@ -8,6 +11,7 @@ Grayscale conversion follows what the original evaluation got from OpenCV's `cv2
 """
 import os
 import re
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from utils.errors import UserError
-from utils.fileio import atomic_path
+from utils.fileio import atomic_path, load_npy
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy")
 # Pillow modes that hold 16-bit samples; "I" is how some Pillow versions open a 16-bit grayscale PNG.
@@ -24,9 +28,9 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 RANGE_TOLERANCE = 1e-4
 
 
-def _as_image01(array01: np.ndarray, what: str) -> np.ndarray:
-    """Check that `array01` is one finite 2-D image in [0, 1] (a leading axis of 1 is dropped) and return it."""
-    array = np.asarray(array01, dtype=np.float64)
+def _checked_image(array: np.ndarray, what: str) -> np.ndarray:
+    """`array` as one finite 2-D image in [0, 1] up to RANGE_TOLERANCE (a leading axis of 1 is dropped), unclipped."""
+    array = np.asarray(array)
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2:
@@ -35,7 +39,19 @@ def _as_image01(array01: np.ndarray, what: str) -> np.ndarray:
         raise ValueError(f"{what}: the image contains NaN or infinite values")
     if array.size and (array.min() < -RANGE_TOLERANCE or array.max() > 1 + RANGE_TOLERANCE):
         raise ValueError(f"{what}: values must lie in [0, 1], got [{array.min():.6g}, {array.max():.6g}]")
-    return np.clip(array, 0.0, 1.0)
+    return array
+
+
+def _as_image01(array01: np.ndarray, what: str) -> np.ndarray:
+    """Check that `array01` is one finite 2-D image in [0, 1] (a leading axis of 1 is dropped); float64, clipped."""
+    return np.clip(_checked_image(np.asarray(array01, dtype=np.float64), what), 0.0, 1.0)
+
+
+def unit_image(image: np.ndarray) -> np.ndarray:
+    """A read image as float64 in [0, 1]: 8-bit levels (uint8) divided by 255, floats clipped to [0, 1]."""
+    if image.dtype == np.uint8:
+        return image / 255.0
+    return np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
 
 
 def save_png16(array01: np.ndarray, path: str | os.PathLike) -> None:
@@ -53,36 +69,37 @@ def save_png8(array01: np.ndarray, path: str | os.PathLike) -> None:
 
 
 def _read_npy(path: Path) -> np.ndarray:
-    """Load a 2-D float image stored as .npy, checking that it lies in [0, 1]."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: cannot read it as a .npy array ({err}); re-export it with numpy.save") from err
+    """Load a 2-D float image stored as .npy, checking that it lies in [0, 1]; returned as stored (unclipped)."""
+    array = load_npy(path, "re-export it with numpy.save")
     if array.dtype.kind != "f":
         raise UserError(f"{path}: a .npy image must hold floats in [0, 1], found dtype {array.dtype}")
     try:
-        return _as_image01(array, str(path))
+        return _checked_image(array, str(path))
     except ValueError as err:
         raise UserError(str(err)) from err
 
 
-def _pillow_to_01(image: Image.Image, path: Path) -> np.ndarray:
-    """Convert an opened Pillow image to a 2-D float64 array in [0, 1] (see the module docstring for colour)."""
+def _pillow_image(image: Image.Image, path: Path) -> np.ndarray:
+    """An opened Pillow image as uint8 levels (8-bit files) or float64 in [0, 1] (16-bit files); see the docstring."""
     if image.mode in _SIXTEEN_BIT_MODES:
         levels = np.asarray(image, dtype=np.float64)
         if levels.min() < 0 or levels.max() > 65535:
             raise UserError(f"{path}: pixel values outside 0..65535; save it as an 8- or 16-bit PNG")
         return levels / 65535.0
-    if image.mode not in ("L", "1"):
-        image = image.convert("L")
-    return np.asarray(image, dtype=np.float64) / (1.0 if image.mode == "1" else 255.0)
+    return np.asarray(image if image.mode == "L" else image.convert("L"), dtype=np.uint8)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a 16-bit or 8-bit PNG, a JPEG or a float .npy image as a 2-D float64 array in [0, 1]."""
+def read_image_file(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as stored; every failure (missing, empty, cut off, damaged) is one UserError.
+
+    Returns uint8 levels for an 8-bit PNG or a JPEG, float64 in [0, 1] for a 16-bit PNG, and the stored floats for
+    .npy (checked to lie in [0, 1] up to rounding).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: the file is empty (0 bytes); write it again")
     if path.suffix.lower() == ".npy":
         return _read_npy(path)
     try:
@@ -91,19 +108,22 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                 # Decode the luma channel directly, as OpenCV's IMREAD_GRAYSCALE does.
                 image.draft("L", image.size)
             image.load()
-            return _pillow_to_01(image, path)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise UserError(f"{path}: cannot read it as an image ({err}); use PNG, JPEG or .npy") from err
+            return _pillow_image(image, path)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, zlib.error) as err:
+        # Pillow reports a broken PNG chunk as SyntaxError and a damaged compressed stream as zlib.error.
+        raise UserError(f"{path}: cannot read it as an image ({err or 'truncated'}); use PNG, JPEG or .npy") from err
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a 16-bit or 8-bit PNG, a JPEG or a float .npy image as a 2-D float64 array in [0, 1]."""
+    return unit_image(read_image_file(path))
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a mask image as a boolean array: pixels above 0.5 (above 127 for 8-bit files, as the original did)."""
     path = Path(path)
     if path.suffix.lower() == ".npy" and path.is_file():
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise UserError(f"{path}: cannot read it as a .npy array ({err})") from err
+        array = load_npy(path, "re-export it with numpy.save")
         if array.ndim != 2 or array.dtype.kind not in "biuf":
             raise UserError(f"{path}: a mask must be a 2-D numeric array, got {array.dtype} {array.shape}")
         return array > 0.5

@@ -1,20 +1,26 @@
 """Image-quality metrics: the MU-Diff paper's evaluation protocol and plain metrics on [0, 1] images.
 
-Paper protocol (the original metric_calc.py, ARCH_SPEC §11), per slice and for one mask:
-1. each image separately: clip to the 1st/99th percentile of its non-zero pixels, then min–max to [0, 1];
-2. mean-normalised copies x / mean(x) (mean over the full image);
-3. the mask's bounding box, enlarged symmetrically to at least 7×7 (skimage's SSIM window), inside the image;
-4. crop everything to the box and multiply by the cropped mask;
-5. SSIM = skimage SSIM(synth_p, real_p) and PSNR = skimage PSNR(real_p, synth_p), both with
-   data_range = max(max) − min(min) over the two mean-normalised crops; MAE on the [0, 1] crops (step 1).
+Paper protocol = the original pipeline (ARCH_SPEC §9.1 and §11) minus its JPEG compression, per slice and mask:
+A. the original test.py's saving step, for float images (an 8-bit image, uint8, is taken to be such a file already):
+   x / mean(x), then torchvision's save_image(normalize=True): min–max to [0, 1], x·255 + 0.5 truncated to 8 bits;
+   computed in torch float32 as the original ran it (original_saved_levels);
+B. the original metric_calc.py on those 8-bit images (saved_image_metrics):
+   1. each image separately: clip to the 1st/99th percentile of its non-zero pixels, then min–max to [0, 1];
+   2. mean-normalised copies x / mean(x) (mean over the full image);
+   3. the mask's bounding box, enlarged symmetrically to at least 7×7 (skimage's SSIM window), inside the image;
+   4. crop everything to the box and multiply by the cropped mask;
+   5. SSIM = skimage SSIM(synth_p, real_p) and PSNR = skimage PSNR(real_p, synth_p), both with
+      data_range = max(max) − min(min) over the two mean-normalised crops; MAE on the [0, 1] crops (step 1).
 An empty mask gives NaN (the slice is skipped in the mean). Whole-brain and lesion scores use the same function with
-the brain or the lesion mask.
+the brain or the lesion mask. Step A matters: a generator's background comes out of tanh near −0.99, i.e. ≈ 0.005
+after (x + 1) / 2; min–max and 8-bit rounding send it to exactly 0, so it stays out of step 1's non-zero percentiles,
+as in the original. Scoring the floats directly lets it in and gives other (lower) numbers.
 
 Where the original could not give a number we chose (none of these changes a number the original produced):
 * an image without non-zero pixels (or a constant one) normalises to all zeros; the original crashed (or gave NaN,
   which would silently drop a failed synthesis from the mean);
 * a box near the border is shifted inwards to stay 7 pixels wide; the original clamped it smaller and SSIM crashed;
-* two identical crops give SSIM 1 and PSNR = inf (the original divided by a zero data range).
+* two identical crops give SSIM 1 and PSNR = inf, as in the original (its MSE is 0).
 
 Summaries are nanmean ± nanstd (population std) as in the original, except that PSNR = inf (identical images) is
 left out of the mean and counted separately, so one perfect slice does not make the mean infinite.
@@ -27,12 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tqdm import tqdm
 
 from utils.errors import UserError
-from utils.images import (RANGE_TOLERANCE, list_images, natural_key, pair_by_name, read_image, read_mask,
-                          require_names)
+from utils.fileio import load_npy
+from utils.images import (RANGE_TOLERANCE, list_images, natural_key, pair_by_name, read_image_file, read_mask,
+                          require_names, unit_image)
 
 SSIM_WINDOW = 7  # skimage's default win_size, which the original used
 METRICS = ("psnr", "ssim", "mae")
@@ -46,6 +54,30 @@ NAN_METRICS = {"ssim": math.nan, "psnr": math.nan, "mae": math.nan}
 
 
 # --------------------------------------------------------------------------- protocol steps
+def original_saved_levels(image: np.ndarray) -> np.ndarray:
+    """The 8-bit image the original test.py wrote for a float image (step A), as uint8 levels.
+
+    Its saving step in torch float32, op for op: x / mean(x), then save_image(normalize=True), i.e. (x − min) /
+    max(max − min, 1e-5) and x·255 + 0.5 clamped to [0, 255] and truncated. An image whose mean is not positive (all
+    zero) gives zeros; the original divided by zero there.
+    """
+    tensor = torch.tensor(np.asarray(image, dtype=np.float32))  # a copy: memory-mapped stacks are read-only
+    mean = tensor.mean()
+    if not float(mean) > 0:
+        return np.zeros(tensor.shape, dtype=np.uint8)
+    tensor = tensor / mean
+    # torchvision first clamps to [min, max], which changes nothing, then shifts and scales by a Python float.
+    low, high = float(tensor.min()), float(tensor.max())
+    tensor.sub_(low).div_(max(high - low, 1e-5))
+    return tensor.mul_(255).add_(0.5).clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def as_saved_image(image: np.ndarray) -> np.ndarray:
+    """What the original metric_calc.py read for a slice: 8-bit levels (uint8) as they are, floats after step A."""
+    image = np.asarray(image)
+    return image if image.dtype == np.uint8 else original_saved_levels(image)
+
+
 def percentile_minmax(image: np.ndarray, low_perc: float = 1.0, high_perc: float = 99.0) -> np.ndarray:
     """Clip an image to percentiles of its non-zero pixels, then min–max it to [0, 1] (step 1)."""
     image = np.asarray(image, dtype=np.float64)
@@ -124,10 +156,13 @@ def _as_mask(mask: Any) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- public metrics
-def paper_metrics(real01: np.ndarray, synth01: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """SSIM, PSNR and MAE of one slice under the paper's protocol (module docstring); NaN for an empty mask."""
-    real = np.asarray(real01, dtype=np.float64)
-    synth = np.asarray(synth01, dtype=np.float64)
+def saved_image_metrics(real: np.ndarray, synth: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """SSIM, PSNR and MAE of the original metric_calc.py (step B) on two images as it read them; NaN for an empty mask.
+
+    Any intensity scale gives the same numbers (up to rounding): the images are normalised per image first.
+    """
+    real = np.asarray(real, dtype=np.float64)
+    synth = np.asarray(synth, dtype=np.float64)
     mask = _as_mask(mask)
     _check_pair(real, synth, mask)
     box = mask_box(mask)
@@ -141,6 +176,16 @@ def paper_metrics(real01: np.ndarray, synth01: np.ndarray, mask: np.ndarray) -> 
     ssim, psnr = _ssim_psnr(real_pc, synth_pc, data_range)
     mae = float(np.mean(np.abs(real_n[box] * inside - synth_n[box] * inside)))
     return {"ssim": ssim, "psnr": psnr, "mae": mae}
+
+
+def paper_metrics(real: np.ndarray, synth: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """SSIM, PSNR and MAE of one slice under the paper protocol (module docstring: step A, then step B).
+
+    Float images are [0, 1] slices ((x + 1) / 2 of the model output, as test.py stores them); uint8 images are the
+    original's own 8-bit files. NaN for an empty mask.
+    """
+    _check_pair(np.asarray(real), np.asarray(synth), None)
+    return saved_image_metrics(as_saved_image(real), as_saved_image(synth), mask)
 
 
 def plain_metrics(real01: np.ndarray, synth01: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
@@ -226,7 +271,10 @@ def summarize(rows_or_values: Sequence[Mapping[str, Any]] | Iterable[float]) -> 
 # --------------------------------------------------------------------------- evaluation of many slices
 @dataclass
 class EvalSet:
-    """Slices to score: indexable sequences of 2-D arrays (read lazily from files or stacks) and their names."""
+    """Slices to score: indexable sequences of 2-D arrays (read lazily from files or stacks) and their names.
+
+    Images are floats in [0, 1] (up to rounding) or uint8 levels of 8-bit files (see as_saved_image).
+    """
 
     names: list[str]
     real: Sequence[np.ndarray]
@@ -240,7 +288,7 @@ class _LazyFiles(Sequence):
     """A sequence whose items are read from files on access, so a large test set never sits in memory."""
 
     def __init__(self, paths: Sequence[Path], reader: Callable[[Path], np.ndarray]) -> None:
-        """Remember the paths and the reader (read_image or read_mask)."""
+        """Remember the paths and the reader (read_image_file or read_mask)."""
         self.paths = list(paths)
         self.reader = reader
 
@@ -267,14 +315,18 @@ def evaluate_set(data: EvalSet, progress: bool = True) -> list[dict[str, Any]]:
     masks = {"brain": data.brain_masks, "lesion": data.lesion_masks}
     rows = []
     for index in tqdm(range(len(data.names)), desc="metrics", unit="slice", disable=not progress):
-        real, synth = data.real[index], data.synth[index]
+        real, synth = np.asarray(data.real[index]), np.asarray(data.synth[index])
         row: dict[str, Any] = {"index": index, "name": data.names[index]}
         try:
+            _check_pair(real, synth, None)
+            saved = None
             for protocol, stack in masks.items():
                 if stack is not None:
-                    scores = paper_metrics(real, synth, stack[index])
+                    # Step A once per slice, shared by the brain and the lesion scores.
+                    saved = saved if saved is not None else (as_saved_image(real), as_saved_image(synth))
+                    scores = saved_image_metrics(*saved, stack[index])
                     row.update({f"{protocol}_{m}": scores[m] for m in METRICS})
-            scores = plain_metrics(real, synth)
+            scores = plain_metrics(unit_image(real), unit_image(synth))
         except ValueError as err:
             raise UserError(f"{_describe(data.synth, index, 'synthetic')}: {err}") from err
         row.update({f"plain_{m}": scores[m] for m in METRICS})
@@ -304,17 +356,14 @@ def load_image_dirs(real_dir: str | os.PathLike, synth_dir: str | os.PathLike,
             listing = list_images(folder, f"{protocol} mask")
             require_names(names, listing, f"{protocol} mask")
             sets[protocol] = _LazyFiles([listing[n] for n in names], read_mask)
-    return EvalSet(names, _LazyFiles([real[n] for n in names], read_image),
-                   _LazyFiles([synth[n] for n in names], read_image), sets["brain"], sets["lesion"],
+    return EvalSet(names, _LazyFiles([real[n] for n in names], read_image_file),
+                   _LazyFiles([synth[n] for n in names], read_image_file), sets["brain"], sets["lesion"],
                    source=f"image files in {real_dir} and {synth_dir}")
 
 
 def _load_stack(path: Path, is_mask: bool) -> np.ndarray:
-    """Memory-map an (N, H, W) .npy stack; images must be floats in [0, 1]."""
-    try:
-        stack = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: cannot read it as a .npy array ({err})") from err
+    """Memory-map an (N, H, W) .npy stack; images must be floats in [0, 1] (up to rounding, kept unclipped)."""
+    stack = load_npy(path, "re-run test.py to write it again", mmap=True)
     if stack.ndim != 3:
         raise UserError(f"{path}: expected an (N, H, W) stack, got shape {stack.shape}")
     if is_mask:
@@ -324,25 +373,10 @@ def _load_stack(path: Path, is_mask: bool) -> np.ndarray:
     if stack.dtype.kind != "f":
         raise UserError(f"{path}: an image stack must hold floats in [0, 1], found dtype {stack.dtype}")
     low, high = float(stack.min()), float(stack.max())
-    if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+    # min and max are NaN when any value is, so this also refuses NaN.
+    if not (-RANGE_TOLERANCE <= low and high <= 1 + RANGE_TOLERANCE):
         raise UserError(f"{path}: values must lie in [0, 1], found [{low:.6g}, {high:.6g}]")
     return stack
-
-
-class _ClippedStack(Sequence):
-    """Slices of a float stack as float64 clipped to [0, 1] (removes float rounding just outside the range)."""
-
-    def __init__(self, stack: np.ndarray) -> None:
-        """Wrap a memory-mapped stack."""
-        self.stack = stack
-
-    def __len__(self) -> int:
-        """Number of slices."""
-        return len(self.stack)
-
-    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
-        """Slice `index` as float64 in [0, 1]."""
-        return np.clip(np.asarray(self.stack[index], dtype=np.float64), 0.0, 1.0)
 
 
 def _stack_names(folder: Path, count: int) -> list[str]:
@@ -367,8 +401,8 @@ def _load_stacks(folder: Path) -> EvalSet:
                                                           if s is not None]:
         if stack.shape != real.shape:
             raise UserError(f"{path} has shape {stack.shape} but {folder / 'real.npy'} has {real.shape}")
-    return EvalSet(_stack_names(folder, len(real)), _ClippedStack(real), _ClippedStack(synth), masks["brain"],
-                   masks["lesion"], source=f".npy stacks in {folder}")
+    return EvalSet(_stack_names(folder, len(real)), real, synth, masks["brain"], masks["lesion"],
+                   source=f".npy stacks in {folder}")
 
 
 def resolve_results_folder(folder: str | os.PathLike) -> Path:

@@ -24,7 +24,7 @@ from utils.data import canonical_contrast, from_model_space, to_model_space
 from utils.errors import UserError
 from utils.fileio import atomic_path
 from utils.inference import Experiment, synthesize
-from utils.preprocessing import load_volume, normalize_volume, resize_slices
+from utils.preprocessing import load_volume_and_image, normalize_volume, resize_slices
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -94,8 +94,7 @@ def load_case_volume(path: str | Path, name: str) -> tuple[np.ndarray, nib.Nifti
     path = Path(path)
     if not path.name.lower().endswith(NIFTI_SUFFIXES):
         raise UserError(f"{name} {path}: not a NIfTI file (.nii or .nii.gz)")
-    data = load_volume(path, name)
-    return data, nib.load(str(path))
+    return load_volume_and_image(path, name)
 
 
 def brain_mask(volumes: Sequence[np.ndarray]) -> np.ndarray:

@@ -1,8 +1,11 @@
 """Every command-line option, defined once and shared by train.py and test.py, and config.json I/O.
 
-Option names are the original MU-Diff ones. Defaults are the README training configuration (the one the published
-weights were trained with), so a bare `python train.py` trains the paper's model; the original's defaults
-(image size 32, 3 channels, 128 base channels, no channel multiplier) could not run on MRI slices at all.
+Option names are the original MU-Diff ones. Defaults are the values of the original README's training command
+(the configuration of the published weights), with two exceptions: --num_timesteps is 4 (the README trains with 2
+but tests with 4, the paper samples in 4 steps, and test.py shares this option) and --num_process_per_node is 1 (the
+README passes 3). A bare `python train.py` therefore trains that network with T = 4 in one process; the README's
+command, as printed, trains exactly its configuration. The original's defaults (image size 32, 3 channels, 128 base
+channels, no channel multiplier) could not run on MRI slices at all.
 """
 import argparse
 import json
@@ -112,6 +115,10 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--save_content", action="store_true", default=True, help="save content.pth (always on)")
     g.add_argument("--save_content_every", type=int, default=1, help="save content.pth every N epochs")
     g.add_argument("--save_ckpt_every", type=int, default=10, help="save generator checkpoints every N epochs")
+    g.add_argument("--ddp_keys", action="store_true", default=False,
+                   help="write gen_diffusive_*.pth with DistributedDataParallel's 'module.' key prefix, as the "
+                        "original's training did, so that the original test.py (which cuts 7 characters off every "
+                        "key) can load them; our test.py reads either")
     g.add_argument("--lambda_l1_loss", type=float, default=0.5, help="weight of the L1 terms")
     g.add_argument("--lambda_mask_loss", type=float, default=0.1, help="weight of the mutual mask loss")
     g.add_argument("--lambda_adv", type=float, default=1.0, help="weight of the adversarial terms")
@@ -261,7 +268,7 @@ def load_config(folder: str | os.PathLike) -> dict | None:
         return None
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UserError(f"{path} is not valid JSON ({err}); delete it or restore it from the training run") from err
 
 

@@ -2,9 +2,11 @@
 
 Every step reproduces the authors' pre_process.py exactly (float64 arithmetic, the same percentiles and the same
 scikit-image resize settings), so arrays made here are what the published weights were trained on. The only
-additions are checks that turn bad volumes into one-line UserErrors instead of NaNs or crashes.
+additions are checks that turn bad volumes and corrupt files into one-line UserErrors instead of NaNs or crashes;
+every NIfTI a user gives is read through open_nifti and read_voxels.
 """
 import os
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -17,17 +19,47 @@ LOW_PERCENTILE = 1.0
 HIGH_PERCENTILE = 99.0
 
 
-def load_volume(path: str | os.PathLike, name: str | None = None) -> np.ndarray:
-    """Read a NIfTI volume as float64 (like nibabel's get_fdata) and reject 2-D/4-D, NaN and all-zero data."""
+def open_nifti(path: str | os.PathLike, what: str) -> nib.spatialimages.SpatialImage:
+    """Open a NIfTI file (header only; the voxels are read later) and check its affine.
+
+    A missing, empty, truncated-header or non-NIfTI file, and an affine with NaN/inf entries or a singular 3×3 part
+    (e.g. all zero: a header written without geometry), are one UserError naming `what` and the file.
+    """
     path = Path(path)
-    name = name or str(path)
     try:
         image = nib.load(str(path))
     except FileNotFoundError as err:
-        raise UserError(f"{name}: file {path} does not exist") from err
+        raise UserError(f"{what}: file {path} does not exist") from err
     except Exception as err:  # nibabel raises several types for a corrupt or non-NIfTI file
-        raise UserError(f"{name}: {path} is not a readable NIfTI file ({err}); re-download or re-export it") from err
-    data = np.asanyarray(image.dataobj)
+        raise UserError(f"{what}: {path} is not a readable NIfTI file ({err}); re-download or re-export it") from err
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        problem = "has NaN or infinite entries"
+    elif abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        problem = "is singular (all zero or collapsed axes)"
+    else:
+        return image
+    raise UserError(f"{what}: the header of {path} is corrupt: its voxel-to-world affine {problem}; fix the header "
+                    "(qform/sform) or re-export the volume")
+
+
+def read_voxels(image: nib.spatialimages.SpatialImage, path: str | os.PathLike, what: str) -> np.ndarray:
+    """All voxels of an opened NIfTI as stored; a truncated or damaged data part is one UserError naming the file."""
+    try:
+        return np.asanyarray(image.dataobj)
+    except (OSError, EOFError, ValueError, zlib.error) as err:
+        # A cut-off .nii.gz raises EOFError (gzip), a cut-off .nii OSError, a damaged gzip stream zlib.error.
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"{what}: {path} is truncated or damaged ({reason}); re-download or re-export it") from err
+
+
+def load_volume_and_image(path: str | os.PathLike, name: str | None = None
+                          ) -> tuple[np.ndarray, nib.spatialimages.SpatialImage]:
+    """A NIfTI volume as float64 (like nibabel's get_fdata), checked (3-D, finite, not all zero), and its image."""
+    path = Path(path)
+    name = name or str(path)
+    image = open_nifti(path, name)
+    data = read_voxels(image, path, name)
     # A trailing singleton axis (X, Y, Z, 1) is still one 3-D volume; anything else is not.
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
@@ -36,7 +68,12 @@ def load_volume(path: str | os.PathLike, name: str | None = None) -> np.ndarray:
                         "volume (X, Y, Z): split 4-D series into volumes or pick the right file")
     data = np.asarray(data, dtype=np.float64)
     check_volume(data, f"{name} ({path.name})")
-    return data
+    return data, image
+
+
+def load_volume(path: str | os.PathLike, name: str | None = None) -> np.ndarray:
+    """Read a NIfTI volume as float64 (like nibabel's get_fdata) and reject 2-D/4-D, NaN and all-zero data."""
+    return load_volume_and_image(path, name)[0]
 
 
 def check_volume(vol: np.ndarray, name: str) -> None:
