@@ -11,6 +11,7 @@ import pytest
 from skimage.transform import resize
 
 import pre_process
+import utils.preprocessing as preprocessing
 from demo import make_sample_data as phantom
 from utils.errors import UserError
 
@@ -217,16 +218,16 @@ def test_refuses_to_overwrite_and_replaces_with_flag(brats_root: Path, tmp_path:
 
 def test_interrupted_run_leaves_nothing(brats_root: Path, tmp_path: Path, monkeypatch) -> None:
     """Ctrl-C during the third case: no array, manifest or temporary file remains, and no new folder."""
-    real, calls = pre_process.process_case, []
+    real, calls = preprocessing.process_case, []
 
-    def interrupted(job: pre_process.CaseJob) -> dict:
+    def interrupted(job: preprocessing.CaseJob) -> dict:
         """Process the first two cases, then behave as if the user pressed Ctrl-C."""
         calls.append(job.case.case_id)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real(job)
 
-    monkeypatch.setattr(pre_process, "process_case", interrupted)
+    monkeypatch.setattr(preprocessing, "process_case", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _run(brats_root / "cases", tmp_path / "out", brats_root / "splits")
     assert len(calls) == 3 and not (tmp_path / "out").exists()
