@@ -26,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--layout", choices=LAYOUTS, default=None,
-                   help="how --input is organised (default: the --dataset name); brats recognises the BraTS 2019, 2021 and "
-                        "2023 file names itself, brats2019/brats2021/brats2023 accept only those")
+                   help="how --input is organised (default: the --dataset name); brats recognises the BraTS 2019, "
+                        "2021 and 2023 file names itself, brats2019/brats2021/brats2023 accept only those")
     p.add_argument("--input", required=True, help="the dataset folder as downloaded (or a folder per contrast)")
     p.add_argument("--output", required=True, help="where <split>/<CONTRAST>.npy go, e.g. data/BRATS")
     p.add_argument("--dataset", choices=["brats", "isles"], default=None,

@@ -22,6 +22,7 @@ import numpy as np
 
 from utils.data import CONTRAST_ALIASES, SPLITS, canonical_contrast
 from utils.errors import UserError
+from utils.images import natural_key
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LABEL = "label"
@@ -319,11 +320,6 @@ def _split_folders(root: Path) -> dict[str, Path]:
         if child.is_dir() and child.name.lower() in SPLITS and _contrast_folders(child):
             found[child.name.lower()] = child
     return found
-
-
-def natural_key(text: str) -> list:
-    """Sort key that orders `2` before `10`."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
 
 
 def select_cases(cases: dict[str, Case], layout: str, ids: Sequence[str], what: str, root: Path) -> list[Case]:

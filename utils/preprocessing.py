@@ -184,7 +184,7 @@ class CaseJob:
     use_label: bool
 
 
-def _load_label(path: Path, what: str) -> np.ndarray:
+def load_label(path: Path, what: str) -> np.ndarray:
     """A label volume (may legitimately be all zero), 3-D and finite."""
     data = np.asanyarray(nib.load(str(path)).dataobj)
     data = data[..., 0] if data.ndim == 4 and data.shape[3] == 1 else data
@@ -211,7 +211,7 @@ def process_case(job: CaseJob) -> dict:
               "brain": resize_masks(np.moveaxis(brain[:, :, index.start:index.stop], 2, 0), job.size),
               "lesion": None}
     if job.use_label and case.label is not None:
-        label = _load_label(case.label, f"case {case.case_id} label")
+        label = load_label(case.label, f"case {case.case_id} label")
         result["lesion"] = resize_masks(np.moveaxis(label[:, :, index.start:index.stop] > 0, 2, 0), job.size)
     return result
 
