@@ -157,16 +157,15 @@ def _put(files: dict[str, Path], kind: str, path: Path, case_id: str) -> None:
 
 def brats_folder_files(folder: Path, namings: Sequence[BratsNaming]) -> tuple[dict[str, Path], BratsNaming | None]:
     """The BraTS files of one folder, keyed by contrast (and LABEL), and their naming; other files are ignored."""
-    files: dict[str, Path] = {}
-    found: dict[str, str] = {}
-    for path in sorted(folder.iterdir()):
-        hit = match_brats_file(path.name, namings) if path.is_file() else None
-        if hit:
-            found.setdefault(hit[0].name, path.name)
-            _put(files, hit[2], path, folder.name)
+    hits = [(path, match_brats_file(path.name, namings)) for path in sorted(folder.iterdir()) if path.is_file()]
+    hits = [(path, hit) for path, hit in hits if hit]
+    found = {hit[0].name: path.name for path, hit in reversed(hits)}
     if len(found) > 1:
-        listing = ", ".join(f"{name} ({file})" for name, file in found.items())
+        listing = ", ".join(f"{name} ({file})" for name, file in sorted(found.items()))
         raise UserError(f"{folder} mixes BraTS naming schemes: {listing}; keep one case, named one way, per folder")
+    files: dict[str, Path] = {}
+    for path, (_, _, kind) in hits:
+        _put(files, kind, path, folder.name)
     return files, (BRATS_NAMINGS[next(iter(found))] if found else None)
 
 
