@@ -21,7 +21,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from skimage.metrics import structural_similarity
@@ -32,12 +32,12 @@ from utils.errors import UserError
 from utils.fileio import atomic_path, save_json, save_text
 from utils.images import natural_key
 from utils.inference import Experiment, experiment_args, load_experiment, seed_everything
-from utils.layouts import (BRATS_CONTRASTS, BRATS_NAMINGS, LABEL, NIFTI, BratsNaming, Case, brats_folder_files,
+from utils.layouts import (BRATS_CONTRASTS, BRATS_NAMINGS, LABEL, NIFTI, Case, brats_folder_files,
                            find_cases, match_brats_file, read_split_files, select_cases)
 from utils.metrics import SSIM_WINDOW, percentile_minmax, summarize_values
 from utils.nifti import load_case_volume, synthesize_volume
 from utils.options import CONFIG_NAME
-from utils.preprocessing import load_label
+from utils.preprocessing import check_case, header_shape, load_label
 
 REPORT_NAME = "brasyn_report"  # complete: <out>/brasyn_report.{json,csv}
 DROPPED_NAME = "dropped.csv"  # drop: <truth>/dropped.csv
@@ -61,25 +61,10 @@ VOLUME_METRICS = {
 
 # ------------------------------------------------------------------------------------------------- case folders
 
-@dataclass
-class CaseFolder:
-    """A case folder of BraTS files: which images it holds, under which release's names."""
-
-    folder: Path
-    case_id: str
-    naming: BratsNaming
-    images: dict[str, Path]
-    label: Path | None
-
-    @property
-    def extension(self) -> str:
-        """.nii when the case's images are uncompressed, else .nii.gz (BraTS's own)."""
-        plain = all(p.name.lower().endswith(".nii") for p in self.images.values())
-        return ".nii" if plain and self.images else ".nii.gz"
-
-    def missing(self) -> list[str]:
-        """The modalities the folder lacks, in T1, T1ce, T2, FLAIR order."""
-        return [c for c in BRATS_CONTRASTS if c not in self.images]
+def extension(case: Case) -> str:
+    """.nii when the case's images are uncompressed, else .nii.gz (BraTS's own)."""
+    plain = all(p.name.lower().endswith(".nii") for p in case.images.values())
+    return ".nii" if plain and case.images else ".nii.gz"
 
 
 def _examples() -> str:
@@ -87,8 +72,9 @@ def _examples() -> str:
     return " or ".join(n.example.split("/")[-1] for n in BRATS_NAMINGS.values() if n.name != "brats2019")
 
 
-def read_case_folder(folder: Path) -> CaseFolder:
-    """The BraTS files of one case folder; UserError for any other file, no BraTS file, or files of two cases."""
+def read_case_folder(folder: Path) -> Case:
+    """One case folder's BraTS files, its case id that of their names; UserError for any other file, no BraTS file,
+    or files of two cases."""
     files, naming = brats_folder_files(folder, list(BRATS_NAMINGS.values()))
     named = set(files.values())
     unknown = [p.name for p in sorted(folder.iterdir()) if not p.name.startswith(".") and p not in named]
@@ -102,7 +88,8 @@ def read_case_folder(folder: Path) -> CaseFolder:
         raise UserError(f"case {folder.name}: {folder} holds files of different cases ({', '.join(ids)}); keep one "
                         "case per folder")
     label = files.pop(LABEL, None)
-    return CaseFolder(folder, ids[0], naming, files, label)
+    names = {k: naming.file_name(ids[0], k) for k in BRATS_CONTRASTS}
+    return Case(ids[0], files, label, folder, names, naming.name)
 
 
 def _and(names: Sequence[str]) -> str:
@@ -110,9 +97,9 @@ def _and(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-def missing_modality(case: CaseFolder) -> str:
+def missing_modality(case: Case) -> str:
     """The one modality a BraSyn case lacks; UserError when none or several are missing."""
-    missing = case.missing()
+    missing = [c for c in BRATS_CONTRASTS if c not in case.images]
     if len(missing) == 1:
         return missing[0]
     if not missing:
@@ -270,7 +257,7 @@ def model_options(target: str, exp_dir: Path, args: argparse.Namespace) -> argpa
     return options
 
 
-def conditions_of(case: CaseFolder, target: str, options: argparse.Namespace) -> list[Path]:
+def conditions_of(case: Case, target: str, options: argparse.Namespace) -> list[Path]:
     """The case's files for the experiment's three conditions, in its contrast order; UserError when one is absent."""
     wanted = [canonical_contrast(c) for c in options.contrasts[:3]]
     absent = [c for c in wanted if c not in case.images]
@@ -282,7 +269,7 @@ def conditions_of(case: CaseFolder, target: str, options: argparse.Namespace) ->
     return [case.images[c] for c in wanted]
 
 
-def _plan_completion(args: argparse.Namespace) -> tuple[list[tuple[CaseFolder, str]], dict[str, argparse.Namespace]]:
+def _plan_completion(args: argparse.Namespace) -> tuple[list[tuple[Case, str]], dict[str, argparse.Namespace]]:
     """Every case with its missing modality, and the options of each experiment needed; all checked up front."""
     root, out = Path(args.input), Path(args.out)
     if args.batch_size < 1:
@@ -291,6 +278,8 @@ def _plan_completion(args: argparse.Namespace) -> tuple[list[tuple[CaseFolder, s
     _check_apart(("--input", root), ("--out", out))
     cases = [read_case_folder(f) for f in folders]
     work = [(case, missing_modality(case)) for case in cases]
+    for case in cases:
+        check_case(case, list(case.images), 1, use_label=True)  # readable 3-D files on one grid
     models = parse_models(args.models)
     options = {target: model_options(target, folder, args) for target, folder in models.items()}
     for case, target in work:
@@ -330,35 +319,40 @@ def complete_cases(args: argparse.Namespace) -> list[dict]:
     out = Path(args.out)
     rows: list[dict] = []
     slices_bar = functools.partial(tqdm, leave=False)
-    for case, target in tqdm(work, desc="completing", unit="case"):
-        exp = experiments[target]
-        dest = out / case.folder.name
-        name = case.naming.file_name(case.case_id, target, case.extension)
-        copies = [p.name for p in case.images.values()] + ([case.label.name] if case.label else [])
-        row = {"case": case.folder.name, "naming": case.naming.name, "missing": target,
-               "output": f"{case.folder.name}/{name}", "experiment": _model_record(exp)["experiment"],
-               "conditions": " ".join(exp.contrasts[:3]), "copied": " ".join(copies)}
-        if not args.overwrite and all((dest / n).exists() for n in [name, *copies]):
-            rows.append({**row, "slices": "", "seconds": "", "status": "kept (complete from an earlier run)"})
-            tqdm.write(f"{case.folder.name}: kept, complete from an earlier run (pass --overwrite to redo it)")
-            continue
-        start = time.perf_counter()
-        for path in [*case.images.values(), *([case.label] if case.label else [])]:
-            copy_file(path, dest / path.name)
-        # Reseeded per case, so a case's synthesis does not depend on which cases came before it.
-        seed_everything(args.seed)
-        result = synthesize_volume(exp, conditions_of(case, target, options[target]), dest / name,
-                                   batch_size=args.batch_size, progress=slices_bar)
-        seconds = time.perf_counter() - start
-        rows.append({**row, "slices": len(result.slices), "seconds": round(seconds, 2), "status": "synthesised"})
-        _report(args, experiments, rows)
-        tqdm.write(f"{case.folder.name}: {target} missing -> {name} ({len(result.slices)} slices from "
-                   f"{', '.join(exp.contrasts[:3])}, {seconds:.1f} s); copied {len(copies)} files")
-    _report(args, experiments, rows)
+    # A context manager, so the bar is closed (its line ended) before an error message is printed.
+    with tqdm(work, desc="completing", unit="case") as bar:
+        for case, target in bar:
+            rows.append(_complete_case(case, target, experiments[target], options[target], args, slices_bar))
+            _report(args, experiments, rows)
     done = sum(r["status"] == "synthesised" for r in rows)
     print(f"{len(rows)} complete cases in {out} ({done} synthesised now, {len(rows) - done} kept); report: "
           f"{out / REPORT_NAME}.json and .csv")
     return rows
+
+
+def _complete_case(case: Case, target: str, exp: Experiment, options: argparse.Namespace, args: argparse.Namespace,
+                   progress: Callable) -> dict:
+    """Synthesise one case's missing modality into --out/<case>/ beside copies of its files; the report's row."""
+    name = BRATS_NAMINGS[case.naming].file_name(case.case_id, target, extension(case))
+    dest = Path(args.out) / case.folder.name
+    copies = [p.name for p in case.images.values()] + ([case.label.name] if case.label else [])
+    row = {"case": case.folder.name, "naming": case.naming, "missing": target,
+           "output": f"{case.folder.name}/{name}", "experiment": _model_record(exp)["experiment"],
+           "conditions": " ".join(exp.contrasts[:3]), "copied": " ".join(copies)}
+    if not args.overwrite and all((dest / n).exists() for n in [name, *copies]):
+        tqdm.write(f"{case.folder.name}: kept, complete from an earlier run (pass --overwrite to redo it)")
+        return {**row, "slices": "", "seconds": "", "status": "kept (complete from an earlier run)"}
+    start = time.perf_counter()
+    for path in [*case.images.values(), *([case.label] if case.label else [])]:
+        copy_file(path, dest / path.name)
+    # Reseeded per case, so a case's synthesis does not depend on which cases came before it.
+    seed_everything(args.seed)
+    result = synthesize_volume(exp, conditions_of(case, target, options), dest / name, batch_size=args.batch_size,
+                               progress=progress)
+    seconds = time.perf_counter() - start
+    tqdm.write(f"{case.folder.name}: {target} missing -> {name} ({len(result.slices)} slices from "
+               f"{', '.join(exp.contrasts[:3])}, {seconds:.1f} s); copied {len(copies)} files")
+    return {**row, "slices": len(result.slices), "seconds": round(seconds, 2), "status": "synthesised"}
 
 
 # --------------------------------------------------------------------------------------------------------- score
@@ -404,14 +398,19 @@ def volume_metrics(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, tumo
     return result
 
 
-def _load(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """A volume's voxels (checked: 3-D, finite, not all zero) and its affine."""
-    data, image = load_case_volume(path, what)
-    return data, image.affine
+@dataclass
+class ScoreJob:
+    """One synthesis to score: the truth case's image and seg, and the completed case."""
+
+    name: str
+    contrast: str
+    truth: Path
+    done: Case
+    label: Path | None
 
 
-def _score_case(truth_case: CaseFolder, completed: Path) -> dict:
-    """One row of volume_metrics.csv: the synthesis in `completed`/<case> against the truth case's image."""
+def _score_job(truth_case: Case, completed: Path) -> ScoreJob:
+    """Pair a truth case with its completed folder, checking files and grids (headers only) before any scoring."""
     name = truth_case.folder.name
     if len(truth_case.images) != 1:
         raise UserError(f"truth case {name} holds {len(truth_case.images)} images ({', '.join(truth_case.images)}); "
@@ -421,31 +420,35 @@ def _score_case(truth_case: CaseFolder, completed: Path) -> dict:
     if not folder.is_dir():
         raise UserError(f"--completed {completed} has no case {name}; run brasyn.py complete on its cases first")
     done = read_case_folder(folder)
-    if contrast not in done.images:
-        raise UserError(f"completed case {name} has no {contrast} image in {folder}; run brasyn.py complete on it")
-    truth, affine = _load(truth_path, f"truth {name} {contrast}")
-    synth, synth_affine = _load(done.images[contrast], f"completed {name} {contrast}")
-    acquired = {c: _load(p, f"completed {name} {c}")[0] for c, p in done.images.items() if c != contrast}
-    if any(v.shape != truth.shape for v in [synth, *acquired.values()]) or not np.allclose(affine, synth_affine, atol=1e-3):
-        raise UserError(f"case {name}: the completed {contrast} ({done.images[contrast]}) is not on the grid of the "
-                        f"truth ({truth_path}): shape {synth.shape} vs {truth.shape}; complete the case again")
-    label = truth_case.label or done.label
-    tumour = None if label is None else _load_label(label, truth.shape, name)
+    if contrast not in done.images or len(done.images) < 2:
+        raise UserError(f"completed case {name} in {folder} lacks the {contrast} synthesis or the acquired images; "
+                        "run brasyn.py complete on it")
+    job = ScoreJob(name, contrast, truth_path, done, truth_case.label or done.label)
+    files = {f"truth {contrast}": truth_path, **{f"completed {c}": p for c, p in done.images.items()},
+             **({"seg": job.label} if job.label else {})}
+    shapes = {what: header_shape(path, f"case {name} {what}") for what, path in files.items()}
+    if len(set(shapes.values())) > 1:
+        listing = ", ".join(f"{what} {'x'.join(map(str, shape))}" for what, shape in shapes.items())
+        raise UserError(f"case {name}: the truth and the completed case are on different grids ({listing}); "
+                        "complete the case again from the same images")
+    return job
+
+
+def _score_case(job: ScoreJob) -> dict:
+    """One row of volume_metrics.csv: the synthesis against the truth, and the baseline against it."""
+    truth = load_case_volume(job.truth, f"truth {job.name} {job.contrast}")[0]
+    synth = load_case_volume(job.done.images[job.contrast], f"completed {job.name} {job.contrast}")[0]
+    acquired = {c: load_case_volume(p, f"completed {job.name} {c}")[0] for c, p in job.done.images.items()
+                if c != job.contrast}
+    tumour = None if job.label is None else load_label(job.label, f"case {job.name} seg") > 0
     brain = np.any(np.stack([v != 0 for v in acquired.values()]), axis=0)
     metrics = volume_metrics(truth, synth, brain, tumour)
-    baseline = volume_metrics(truth, acquired[BASELINE_SOURCE[contrast]], brain, tumour)
-    return {"case": name, "contrast": contrast, "file": done.images[contrast].name,
-            "seg": label.name if label else "", "brain_voxels": int(brain.sum()),
+    source = BASELINE_SOURCE[job.contrast]
+    baseline = volume_metrics(truth, acquired[source], brain, tumour) if source in acquired else {}
+    return {"case": job.name, "contrast": job.contrast, "file": job.done.images[job.contrast].name,
+            "seg": job.label.name if job.label else "", "brain_voxels": int(brain.sum()),
             "tumour_voxels": int((tumour & brain).sum()) if tumour is not None else "", **metrics,
-            "baseline": BASELINE_SOURCE[contrast], **{f"baseline_{k}": v for k, v in baseline.items()}}
-
-
-def _load_label(path: Path, shape: tuple[int, ...], case: str) -> np.ndarray:
-    """Tumour voxels (label > 0) of a segmentation on the case's grid."""
-    label = load_label(path, f"case {case} seg")
-    if label.shape != shape:
-        raise UserError(f"case {case}: the segmentation {path} has shape {label.shape}, the images {shape}")
-    return label > 0
+            "baseline": source, **{f"baseline_{k}": baseline.get(k, math.nan) for k in metrics}}
 
 
 def _metric_columns() -> list[str]:
@@ -483,8 +486,9 @@ def score_cases(args: argparse.Namespace) -> list[dict]:
     truth_root, completed, out = Path(args.truth), Path(args.completed), Path(args.out)
     if not completed.is_dir():
         raise UserError(f"--completed {completed} is not a folder")
-    truth_cases = [read_case_folder(f) for f in case_folders(truth_root, "--truth")]
-    rows = [_score_case(case, completed) for case in tqdm(truth_cases, desc="scoring", unit="case")]
+    jobs = [_score_job(read_case_folder(f), completed) for f in case_folders(truth_root, "--truth")]
+    with tqdm(jobs, desc="scoring", unit="case") as bar:
+        rows = [_score_case(job) for job in bar]
     summary = _summary(rows)
     save_text(_csv_text(rows), out / f"{METRICS_NAME}.csv")
     save_json({"definitions": VOLUME_METRICS, "summary": summary}, out / f"{METRICS_NAME}.json")

@@ -126,7 +126,7 @@ def volume_to_slices(vol: np.ndarray, count: int, size: int, name: str = "volume
 
 # ---------------------------------------------------------------------------------------------- validation
 
-def _header_shape(path: Path, what: str) -> tuple[int, ...]:
+def header_shape(path: Path, what: str) -> tuple[int, ...]:
     """Voxel grid of a NIfTI file from its header alone; UserError for unreadable or non-3-D files."""
     try:
         shape = tuple(int(s) for s in nib.load(str(path)).shape)
@@ -149,9 +149,9 @@ def check_case(case: Case, contrasts: Sequence[str], slices: int, use_label: boo
             expected = case.names.get(name, f"a {name} volume")
             raise UserError(f"case {case.case_id} has no {name} volume (expected {expected} in {case.folder}); "
                             "add it or leave the case out of the split")
-        shapes[name] = _header_shape(path, f"case {case.case_id} {name}")
+        shapes[name] = header_shape(path, f"case {case.case_id} {name}")
     if use_label and case.label is not None:
-        shapes[LABEL] = _header_shape(case.label, f"case {case.case_id} label")
+        shapes[LABEL] = header_shape(case.label, f"case {case.case_id} label")
     if len(set(shapes.values())) > 1:
         listing = ", ".join(f"{k} {'x'.join(map(str, s))}" for k, s in shapes.items())
         raise UserError(f"case {case.case_id}: volumes have different shapes ({listing}); resample them onto one "
