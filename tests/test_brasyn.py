@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from skimage.metrics import structural_similarity
 
 import brasyn
 from conftest import save_tiny_experiment
@@ -286,12 +287,13 @@ def test_score_of_the_truth_itself_is_perfect(dropped: dict, completed: dict, tm
 
 
 def test_volume_metrics_are_what_the_readme_says() -> None:
-    """Normalise each volume (1st/99th percentile of voxels > 0, min-max); PSNR = 10 log10(1 / region MSE)."""
+    """Each volume normalised (1st/99th percentile of voxels > 0, min-max); PSNR = 10 log10(1 / region MSE); SSIM =
+    skimage's 3-D SSIM map of the whole volumes averaged over the region."""
     rng = np.random.default_rng(0)
-    brain = np.zeros((20, 18, 12), bool)
-    brain[3:17, 2:16, 2:10] = True
+    brain = np.zeros((30, 28, 20), bool)
+    brain[8:22, 7:21, 6:14] = True
     tumour = np.zeros_like(brain)
-    tumour[8:12, 6:10, 4:8] = True
+    tumour[12:16, 10:14, 8:12] = True
     truth = (rng.random(brain.shape) * 900 + 100) * brain
     synth = np.clip(truth / 1000 + rng.normal(0, 0.05, brain.shape), 0, 1) * brain
 
@@ -301,9 +303,11 @@ def test_volume_metrics_are_what_the_readme_says() -> None:
         return (clipped - clipped.min()) / (clipped.max() - clipped.min())
 
     result = volume_metrics(truth, synth, brain, tumour)
+    _, ssim_map = structural_similarity(normalised(synth), normalised(truth), data_range=1.0, full=True)
     for region, mask in (("brain", brain), ("tumour", tumour), ("outside_tumour", brain & ~tumour)):
         mse = np.mean((normalised(truth)[mask] - normalised(synth)[mask]) ** 2)
         assert result[f"psnr_{region}"] == pytest.approx(10 * np.log10(1 / mse), rel=1e-9)
+        assert result[f"ssim_{region}"] == pytest.approx(ssim_map[mask].mean(), rel=1e-9)
         assert 0 < result[f"ssim_{region}"] < 1
     same = volume_metrics(truth, truth, brain, None)
     assert same["ssim_brain"] == pytest.approx(1) and same["psnr_brain"] == math.inf and math.isnan(same["ssim_tumour"])

@@ -378,10 +378,8 @@ def _psnr(truth: np.ndarray, synth: np.ndarray) -> float:
 def volume_metrics(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, tumour: np.ndarray | None
                    ) -> dict[str, float]:
     """SSIM and PSNR per region (VOLUME_METRICS) of a synthesised volume against the truth; NaN for an empty region."""
-    if min(truth.shape) < SSIM_WINDOW:
-        raise UserError(f"volumes of shape {truth.shape} are smaller than SSIM's {SSIM_WINDOW}-voxel window")
-    if not brain.any():
-        raise UserError("the acquired images are all zero, so there is no brain to score")
+    if min(truth.shape) < SSIM_WINDOW or not brain.any():
+        raise ValueError(f"volumes of shape {truth.shape} (brain voxels: {int(brain.sum())}) cannot be scored")
     truth01, synth01 = percentile_minmax(truth), percentile_minmax(synth)
     # Voxels more than half a window outside the brain cannot reach a brain voxel's SSIM window: leave them out.
     box = _grown_box(brain, SSIM_WINDOW // 2)
@@ -431,6 +429,10 @@ def _score_job(truth_case: Case, completed: Path) -> ScoreJob:
         listing = ", ".join(f"{what} {'x'.join(map(str, shape))}" for what, shape in shapes.items())
         raise UserError(f"case {name}: the truth and the completed case are on different grids ({listing}); "
                         "complete the case again from the same images")
+    shape = next(iter(shapes.values()))
+    if min(shape) < SSIM_WINDOW:
+        raise UserError(f"case {name}: volumes of shape {'x'.join(map(str, shape))} are smaller than SSIM's "
+                        f"{SSIM_WINDOW}-voxel window on some axis; score volumes at least {SSIM_WINDOW} voxels wide")
     return job
 
 
