@@ -18,6 +18,7 @@ from test_nifti import HEADER_FIELDS
 from test_readme import BRASYN_SECTION, is_user_data, make_scratch_repo, readme_commands, run, section_text
 from utils.brasyn import DROPPED_NAME, balanced_choice, volume_metrics
 from utils.errors import run_cli
+from utils.nifti import find_case_files
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -210,6 +211,12 @@ def test_brats2021_names(models: dict, tmp_path: Path) -> None:
     brasyn.main(["complete", "--input", str(tmp_path / "val"), "--models", f"T1ce={models['t1ce']}", "--out",
                  str(tmp_path / "out"), "--batch_size", "16", "--device", "cpu"])
     assert _files(tmp_path / "out" / case) == sorted(f"{case}_{s}.nii.gz" for s in ("t1", "t1ce", "t2", "flair"))
+
+
+def test_test_py_case_folders_read_2023_names(raw: Path) -> None:
+    """test.py --case finds t2f, t2w, t1n for FLAIR, T2, T1 in a BraTS 2023 case folder (the seg is no contrast)."""
+    found = find_case_files(raw / CASES[0], ["FLAIR", "T2", "T1", "T1ce"])
+    assert {c: p.name for c, p in found.items()} == {c: _name(CASES[0], c) for c in ("FLAIR", "T2", "T1", "T1ce")}
 
 
 def _case_missing(raw: Path, root: Path, case: str, *missing: str) -> Path:

@@ -63,8 +63,7 @@ VOLUME_METRICS = {
 
 def extension(case: Case) -> str:
     """.nii when the case's images are uncompressed, else .nii.gz (BraTS's own)."""
-    plain = all(p.name.lower().endswith(".nii") for p in case.images.values())
-    return ".nii" if plain and case.images else ".nii.gz"
+    return ".nii" if all(p.name.lower().endswith(".nii") for p in case.images.values()) else ".nii.gz"
 
 
 def _examples() -> str:
@@ -73,8 +72,7 @@ def _examples() -> str:
 
 
 def read_case_folder(folder: Path) -> Case:
-    """One case folder's BraTS files, its case id that of their names; UserError for any other file, no BraTS file,
-    or files of two cases."""
+    """A case folder's BraTS files (the case id from their names); UserError for any other file or two cases' files."""
     files, naming = brats_folder_files(folder, list(BRATS_NAMINGS.values()))
     named = set(files.values())
     unknown = [p.name for p in sorted(folder.iterdir()) if not p.name.startswith(".") and p not in named]
@@ -206,8 +204,8 @@ def drop_modalities(args: argparse.Namespace) -> list[dict]:
         if existing:
             raise UserError(f"{existing[0]} already exists; pass --overwrite to replace it or choose other folders")
     rows = []
-    for case, dropped in zip(tqdm(cases, desc="dropping", unit="case"), balanced_choice(len(cases), candidates,
-                                                                                        args.seed)):
+    choices = balanced_choice(len(cases), candidates, args.seed)
+    for case, dropped in zip(tqdm(cases, desc="dropping", unit="case"), choices):
         for folder in (out / case.case_id, truth / case.case_id):
             _clear_case(folder)
         for contrast, path in case.images.items():
