@@ -1,6 +1,7 @@
 """Synthetic multi-contrast brain MRI with a lesion (a digital phantom), written in the BraTS or ISLES 2015 layout.
 
     python demo/make_sample_data.py --out sample_data/brats --cases 6 --size 96
+    python demo/make_sample_data.py --out sample_data/brats23 --layout brats2023 --cases 6 --size 96
 
 Each case is a procedurally generated head (skin, subcutaneous fat, temporalis muscle, a skull with diploe, CSF,
 folded cortical grey matter, white matter, deep grey nuclei, lateral and third ventricles) with a glioma (necrotic
@@ -24,15 +25,18 @@ from scipy.ndimage import gaussian_filter
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.data import canonical_contrast  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.fileio import atomic_path, save_text  # noqa: E402
+from utils.layouts import BRATS_NAMINGS, LABEL, relabel  # noqa: E402
 
 FOV_MM = 240.0        # BraTS: 240 x 240 x 155 voxels of 1 mm
 FOV_DEPTH_MM = 155.0
 R1_GD = 4.0           # gadolinium T1 relaxivity at 3 T, 1/s per mM (gadobutrol/Gd-DTPA: 3.3-5)
 R2_GD = 5.0           # gadolinium T2 relaxivity at 3 T, 1/s per mM
 B_VALUE = 1000.0      # s/mm^2, the usual stroke DWI
-BRATS_LABELS = {"necrosis": 1, "oedema": 2, "enhancing": 4}  # BraTS: NCR/NET, ED, ET
+# The phantom's labels are BraTS 2019's (NCR/NET, ED, ET); files of later releases get theirs when written.
+BRATS_LABELS = BRATS_NAMINGS["brats2019"].labels
 
 
 @dataclass(frozen=True)
@@ -497,26 +501,31 @@ def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
         tmp.write_bytes(data)
 
 
-def case_name(index: int) -> str:
-    """BraTS-style name of phantom case `index`."""
-    return f"BraTS19_Phantom_{index:04d}"
+PHANTOM_CASE_NAMES = {"brats2019": "BraTS19_Phantom_{:04d}", "brats2021": "BraTS2021_{:05d}",
+                      "brats2023": "BraTS-GLI-{:05d}-000"}
+
+
+def case_name(index: int, naming: str = "brats2019") -> str:
+    """BraTS-style name of phantom case `index` in a release's naming (BraTS19_Phantom_0001, BraTS-GLI-00001-000)."""
+    return PHANTOM_CASE_NAMES[naming].format(index)
 
 
 def write_brats_case(case_id: str, out_dir: str | Path, volumes: dict[str, np.ndarray], labels: np.ndarray,
-                     affine: np.ndarray) -> Path:
-    """Write <out_dir>/<case_id>/<case_id>_{t1,t1ce,t2,flair,seg}.nii.gz; return the case folder."""
+                     affine: np.ndarray, naming: str = "brats2019") -> Path:
+    """Write a case folder with a release's file names and label values (2019: <case>_t1.nii.gz ... <case>_seg)."""
     folder = Path(out_dir) / case_id
+    scheme = BRATS_NAMINGS[naming]
     for name, vol in volumes.items():
-        _save_nifti(vol, affine, folder / f"{case_id}_{name}.nii.gz")
-    _save_nifti(labels, affine, folder / f"{case_id}_seg.nii.gz")
+        _save_nifti(vol, affine, folder / scheme.file_name(case_id, canonical_contrast(name)))
+    _save_nifti(relabel(labels, "brats2019", naming), affine, folder / scheme.file_name(case_id, LABEL))
     return folder
 
 
 def make_case(case_id: str, out_dir: str | Path, size: int = 96, seed: int = 0, depth: int | None = None,
-              skull_strip: bool = False) -> Path:
-    """Generate one glioma phantom and write it in the BraTS 2019 layout; return its folder."""
+              skull_strip: bool = False, naming: str = "brats2019") -> Path:
+    """Generate one glioma phantom and write it with a BraTS release's names (default 2019); return its folder."""
     volumes, labels, affine = phantom_volumes(size, depth, seed, "tumour", skull_strip=skull_strip)
-    return write_brats_case(case_id, out_dir, volumes, labels, affine)
+    return write_brats_case(case_id, out_dir, volumes, labels, affine, naming)
 
 
 ISLES_TOKENS = {"t1": "MR_T1", "t2": "MR_T2", "dwi": "MR_DWI", "flair": "MR_Flair"}
@@ -617,8 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=96, help="voxels across the 240 mm field of view")
     p.add_argument("--depth", type=int, default=None, help="axial slices (default: 155 mm worth at that spacing)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed + i")
-    p.add_argument("--layout", choices=["brats", "isles"], default="brats",
-                   help="brats: gliomas, BraTS 2019 files; isles: infarcts, ISLES 2015 SISS files with DWI")
+    p.add_argument("--layout", choices=["brats", *BRATS_NAMINGS, "isles"], default="brats",
+                   help="brats (= brats2019), brats2021, brats2023: gliomas in that BraTS release's file names and "
+                        "label values; isles: infarcts, ISLES 2015 SISS files with DWI")
     p.add_argument("--skull-strip", action="store_true", help="zero everything outside the brain, as BraTS did")
     p.add_argument("--no-splits", action="store_true", help="do not write <out>/splits/{train,val,test}.list")
     p.add_argument("--figure", default=None, help="also save a PNG of the first case here")
@@ -634,11 +644,12 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     if args.cases < 1:
         raise UserError("--cases must be at least 1")
     out = Path(args.out)
-    ids = [case_name(i + 1) if args.layout == "brats" else str(i + 1) for i in range(args.cases)]
+    brats = args.layout != "isles"
+    naming = "brats2019" if args.layout == "brats" else args.layout
+    ids = [case_name(i + 1, naming) if brats else str(i + 1) for i in range(args.cases)]
     existing = [i for i in ids if (out / i).exists()]
     if existing and not args.overwrite:
         raise UserError(f"{out} already holds case {existing[0]}; pass --overwrite or choose another --out")
-    brats = args.layout == "brats"
     folders, first = [], None
     for i, case_id in enumerate(tqdm(ids, desc="phantom cases", unit="case")):
         generated = phantom_volumes(args.size, args.depth, args.seed + i, "tumour" if brats else "stroke",
@@ -646,7 +657,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
                                     args.skull_strip or not brats)
         if first is None:
             first = generated  # kept for the figure
-        folders.append(write_brats_case(case_id, out, *generated) if brats
+        folders.append(write_brats_case(case_id, out, *generated, naming) if brats
                        else write_isles_case(i + 1, out, *generated))
     if not args.no_splits:
         print(f"split lists: {write_split_lists(ids, out / 'splits')}")

@@ -122,18 +122,19 @@ def _perturb(module: torch.nn.Module, generator: torch.Generator) -> None:
 
 
 def save_tiny_experiment(exp_dir: Path, seed: int = 0, epochs: tuple[int, ...] = (), ddp_prefix: bool = False,
-                         with_content: bool = True, with_config: bool = True) -> dict:
+                         with_content: bool = True, with_config: bool = True,
+                         contrasts: tuple[str, ...] = TINY_CONTRASTS) -> dict:
     """Write a tiny randomly initialised (perturbed) experiment as train.py lays it out; return the states.
 
     Files: gen_diffusive_{1,2}.pth (seed), gen_diffusive_{1,2}_{E}.pth (seed + E) for each E in `epochs`,
     content.pth with the critic and attention projection, config.json. `ddp_prefix` stores keys as the published
-    DDP files do (`module.`).
+    DDP files do (`module.`); `contrasts` is the order config.json records (three conditions, then the target).
     """
     from backbones import build_critic, build_generators
     from utils.inference import make_parser
     from utils.options import save_config
 
-    args = make_parser().parse_args(list(TINY_MODEL_ARGS) + ["--contrasts", *TINY_CONTRASTS])
+    args = make_parser().parse_args(list(TINY_MODEL_ARGS) + ["--contrasts", *contrasts])
     exp_dir.mkdir(parents=True, exist_ok=True)
     states = {}
     for suffix, weight_seed in [("", seed)] + [(f"_{e}", seed + e) for e in epochs]:
@@ -150,7 +151,7 @@ def save_tiny_experiment(exp_dir: Path, seed: int = 0, epochs: tuple[int, ...] =
         torch.save({"epoch": 1, "disc_diffusive_2_dict": critic.state_dict(),
                     "att_conv_dict": att_proj.state_dict()}, exp_dir / "content.pth")
     if with_config:
-        save_config(args, exp_dir, contrast_order=list(TINY_CONTRASTS))
+        save_config(args, exp_dir, contrast_order=list(contrasts))
     return states
 
 

@@ -85,6 +85,27 @@ def test_make_case_writes_brats_files_with_lps_affine(tmp_path: Path) -> None:
     assert set(np.unique(seg)) <= {0, 1, 2, 4} and {2, 4} <= set(np.unique(seg))
 
 
+@pytest.mark.parametrize("layout, case, suffixes, enhancing", [
+    ("brats2021", "BraTS2021_00001", ("t1", "t1ce", "t2", "flair", "seg"), 4),
+    ("brats2023", "BraTS-GLI-00001-000", ("t1n", "t1c", "t2w", "t2f", "seg"), 3),
+], ids=["2021", "2023"])
+def test_cli_writes_later_brats_names_and_labels(tmp_path: Path, layout: str, case: str, suffixes: tuple,
+                                                 enhancing: int) -> None:
+    """--layout brats2021/brats2023: that release's case and file names and label values, the 2019 phantom's voxels."""
+    sep = "-" if layout == "brats2023" else "_"
+    phantom.main(["--out", str(tmp_path / layout), "--layout", layout, "--cases", "1", "--size", "32", "--depth",
+                  "12", "--no-splits"])
+    phantom.main(["--out", str(tmp_path / "2019"), "--cases", "1", "--size", "32", "--depth", "12", "--no-splits"])
+    folder, old = tmp_path / layout / case, tmp_path / "2019" / phantom.case_name(1)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{case}{sep}{s}.nii.gz" for s in suffixes)
+    new_t1 = np.asarray(nib.load(folder / f"{case}{sep}{suffixes[0]}.nii.gz").dataobj)
+    assert np.array_equal(new_t1, np.asarray(nib.load(old / f"{old.name}_t1.nii.gz").dataobj))
+    seg = np.asarray(nib.load(folder / f"{case}{sep}seg.nii.gz").dataobj)
+    seg_2019 = np.asarray(nib.load(old / f"{old.name}_seg.nii.gz").dataobj)
+    assert set(np.unique(seg)) == {0, 1, 2, enhancing}
+    assert np.array_equal(seg == enhancing, seg_2019 == 4) and np.array_equal(seg > 0, seg_2019 > 0)
+
+
 def test_seed_reproduces_and_varies() -> None:
     """The same seed gives identical volumes; another seed gives another head and tumour."""
     a, la, _ = phantom.phantom_volumes(SIZE, DEPTH, seed=11)

@@ -1,5 +1,6 @@
 """pre_process.py on small phantom datasets in every layout: the original recipe, masks, manifest, splits, bad input."""
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -11,9 +12,11 @@ import pytest
 from skimage.transform import resize
 
 import pre_process
+import utils.preprocessing as preprocessing
 from conftest import NIFTI_DAMAGE, damage_nifti
 from demo import make_sample_data as phantom
 from utils.errors import UserError
+from utils.layouts import BRATS_NAMINGS, match_brats_file, relabel
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, DEPTH, SLICES, OUT_SIZE = 48, 24, 8, 64
@@ -147,6 +150,57 @@ def test_cases_under_hgg_and_lgg_with_workers(brats_root: Path, brats_out: Path,
                                           np.load(brats_out / split / name))
 
 
+@pytest.mark.parametrize("naming, layout", [("brats2023", "brats"), ("brats2023", "brats2023"),
+                                            ("brats2021", "brats"), ("brats2021", "brats2021")])
+def test_later_brats_names_give_the_same_arrays(brats_out: Path, tmp_path: Path, naming: str, layout: str) -> None:
+    """The same phantoms named as BraTS 2021 or 2023 name them (2023: labels 1, 2, 3) give the 2019 arrays and masks."""
+    renamed = {case: phantom.case_name(i + 1, naming) for i, case in enumerate(CASES)}
+    for i, case in enumerate(CASES):
+        phantom.make_case(renamed[case], tmp_path / "cases", size=SIZE, seed=i, depth=DEPTH, naming=naming)
+    lists = _write_lists(tmp_path / "lists", {k: [renamed[c] for c in v] for k, v in SPLITS.items()})
+    pre_process.main(["--layout", layout, "--input", str(tmp_path / "cases"), "--split-file", str(lists), "--output",
+                      str(tmp_path / "out"), "--slices", str(SLICES), "--size", str(OUT_SIZE)])
+    for split in SPLITS:
+        for name in ("T1.npy", "T1ce.npy", "T2.npy", "FLAIR.npy", "lesion_mask.npy", "brain_mask.npy"):
+            np.testing.assert_array_equal(np.load(tmp_path / "out" / split / name), np.load(brats_out / split / name))
+        info = json.loads((tmp_path / "out" / split / "preprocess.json").read_text())
+        assert info["naming"] == [naming] and info["layout"] == layout
+
+
+def test_brats_file_names_of_every_release() -> None:
+    """Each release's names map to our contrasts; 2021 files are told from 2019 ones by the case id alone."""
+    namings = list(BRATS_NAMINGS.values())
+    cases = {"BraTS19_CBICA_AAB_1_t1ce.nii.gz": ("brats2019", "BraTS19_CBICA_AAB_1", "T1ce"),
+             "BraTS2021_00000_FLAIR.nii": ("brats2021", "BraTS2021_00000", "FLAIR"),
+             "BraTS2021_00000_seg.nii.gz": ("brats2021", "BraTS2021_00000", "label"),
+             "BraTS-GLI-00000-000-t1n.nii.gz": ("brats2023", "BraTS-GLI-00000-000", "T1"),
+             "BraTS-MEN-00004-000-t2f.nii.gz": ("brats2023", "BraTS-MEN-00004-000", "FLAIR"),
+             "BraTS-PED-00001-000-t1c.nii.gz": ("brats2023", "BraTS-PED-00001-000", "T1ce"),
+             "BraTS-SSA-00002-000-t2w.nii.gz": ("brats2023", "BraTS-SSA-00002-000", "T2")}
+    for name, expected in cases.items():
+        naming, case_id, kind = match_brats_file(name, namings)
+        assert (naming.name, case_id, kind) == expected, name
+        assert naming.file_name(case_id, kind, ".nii").lower() == name.lower().removesuffix(".gz")
+    for name in ("BraTS-GLI-00000-000_t1n.nii.gz", "case_t1ce.txt", "BraTS-GLI-00000-000-t1ce.nii.gz", "seg.nii"):
+        assert match_brats_file(name, namings) is None, name
+    seg = np.array([0, 1, 2, 4, 4])
+    assert relabel(seg, "brats2019", "brats2023").tolist() == [0, 1, 2, 3, 3]
+    assert relabel(relabel(seg, "brats2019", "brats2023"), "brats2023", "brats2021").tolist() == seg.tolist()
+
+
+def test_layout_naming_one_release_only(brats_root: Path, tmp_path: Path) -> None:
+    """--layout brats2023 finds no 2019-named cases and says what it looks for."""
+    _expect_error(brats_root / "cases", brats_root / "splits", tmp_path,
+                  "no brats2023 cases found .*BraTS-GLI-00000-000-t1n.nii.gz", "--layout", "brats2023")
+
+
+def test_folder_mixing_namings_is_refused(brats_root: Path, tmp_path: Path) -> None:
+    """A case folder with a 2019-named and a 2023-named file is ambiguous."""
+    cases = _copy_cases(brats_root, tmp_path)
+    shutil.copy(cases / CASES[0] / f"{CASES[0]}_t2.nii.gz", cases / CASES[0] / "BraTS-GLI-00001-000-t2w.nii.gz")
+    _expect_error(cases, brats_root / "splits", tmp_path, f"{CASES[0]} mixes BraTS naming schemes")
+
+
 def test_isles_layout(tmp_path: Path) -> None:
     """ISLES 2015 SISS folders (numbered cases, VSD.Brain.* sub-folders) give T1, T2, DWI, FLAIR and masks."""
     for n in (1, 2, 3):
@@ -218,16 +272,16 @@ def test_refuses_to_overwrite_and_replaces_with_flag(brats_root: Path, tmp_path:
 
 def test_interrupted_run_leaves_nothing(brats_root: Path, tmp_path: Path, monkeypatch) -> None:
     """Ctrl-C during the third case: no array, manifest or temporary file remains, and no new folder."""
-    real, calls = pre_process.process_case, []
+    real, calls = preprocessing.process_case, []
 
-    def interrupted(job: pre_process.CaseJob) -> dict:
+    def interrupted(job: preprocessing.CaseJob) -> dict:
         """Process the first two cases, then behave as if the user pressed Ctrl-C."""
         calls.append(job.case.case_id)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real(job)
 
-    monkeypatch.setattr(pre_process, "process_case", interrupted)
+    monkeypatch.setattr(preprocessing, "process_case", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _run(brats_root / "cases", tmp_path / "out", brats_root / "splits")
     assert len(calls) == 3 and not (tmp_path / "out").exists()

@@ -23,12 +23,13 @@ LESION_MASK = "lesion_mask"
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("index", "case_id", "slice_index")
 
-# Spellings seen in datasets, forks and the original code, mapped to the names pre_process.py writes.
+# Spellings seen in datasets (t1n, t1c, t2w, t2f: BraTS 2023), forks and the original code, mapped to the names
+# pre_process.py writes.
 CONTRAST_ALIASES = {
-    "t1": "T1", "t1w": "T1",
+    "t1": "T1", "t1w": "T1", "t1n": "T1",
     "t1ce": "T1ce", "t1c": "T1ce", "t1gd": "T1ce", "t1-ce": "T1ce", "t1_ce": "T1ce", "t1post": "T1ce",
     "t2": "T2", "t2w": "T2",
-    "flair": "FLAIR", "t2flair": "FLAIR", "t2-flair": "FLAIR", "t2_flair": "FLAIR",
+    "flair": "FLAIR", "t2f": "FLAIR", "t2flair": "FLAIR", "t2-flair": "FLAIR", "t2_flair": "FLAIR",
     "dwi": "DWI",
 }
 # How many evenly spaced slices check_dataset reads to verify the value range without scanning gigabytes.

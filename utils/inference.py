@@ -210,9 +210,9 @@ def load_experiment(args: argparse.Namespace, device: torch.device | None = None
     return experiment
 
 
-def open_experiment(exp_dir: str | Path, epoch: int | str | None = None, device: str = "auto",
-                    with_critic: bool = False, **overrides: object) -> Experiment:
-    """Load a trained experiment folder in one call (for notebooks).
+def experiment_args(exp_dir: str | Path, epoch: int | str | None = None, device: str = "auto",
+                    **overrides: object) -> argparse.Namespace:
+    """test.py's options for an experiment folder, configured from its config.json, without loading any weights.
 
     `overrides` set options (e.g. image_size=...) for a folder without config.json, such as the published weights;
     a config.json, when present, takes precedence over them, as in test.py.
@@ -224,7 +224,13 @@ def open_experiment(exp_dir: str | Path, epoch: int | str | None = None, device:
     for key, value in overrides.items():
         setattr(args, key, value)
     configure(args, parser)
-    return load_experiment(args, with_critic=with_critic)
+    return args
+
+
+def open_experiment(exp_dir: str | Path, epoch: int | str | None = None, device: str = "auto",
+                    with_critic: bool = False, **overrides: object) -> Experiment:
+    """Load a trained experiment folder in one call (for notebooks); `overrides` as in experiment_args."""
+    return load_experiment(experiment_args(exp_dir, epoch, device, **overrides), with_critic=with_critic)
 
 
 class _InputRecorder:
@@ -296,6 +302,7 @@ def describe(exp: Experiment) -> str:
 
 
 __all__ = [
-    "Experiment", "Synthesis", "add_test_args", "available_epochs", "configure", "describe", "generator_files",
-    "load_experiment", "make_parser", "open_experiment", "resolve_device", "seed_everything", "synthesize",
+    "Experiment", "Synthesis", "add_test_args", "available_epochs", "configure", "describe", "experiment_args",
+    "generator_files", "load_experiment", "make_parser", "open_experiment", "resolve_device", "seed_everything",
+    "synthesize",
 ]

@@ -1,20 +1,35 @@
-"""The original MU-Diff slice recipe: percentile clip and min-max per volume, middle axial slices, skimage resize.
+"""The original MU-Diff slice recipe, and pre_process.py's work: checking cases, slicing them, writing the splits.
 
-Every step reproduces the authors' pre_process.py exactly (float64 arithmetic, the same percentiles and the same
-scikit-image resize settings), so arrays made here are what the published weights were trained on. The only
-additions are checks that turn bad volumes and corrupt files into one-line UserErrors instead of NaNs or crashes;
-every NIfTI a user gives is read through open_nifti and read_voxels.
+Every step of the recipe reproduces the authors' pre_process.py exactly (float64 arithmetic, the same percentiles and
+the same scikit-image resize settings), so arrays made here are what the published weights were trained on. The
+additions are checks that turn bad volumes and corrupt files into one-line UserErrors instead of NaNs or crashes
+(every NIfTI a user gives is read through open_nifti and read_voxels), and a writer that fills every split's arrays
+case by case under temporary names, renamed only when the whole run succeeded.
 """
+import argparse
+import contextlib
+import csv
+import io
+import json
+import multiprocessing
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator, Sequence
 
 import nibabel as nib
 import numpy as np
+from numpy.lib.format import open_memmap
 from skimage.transform import resize
+from tqdm import tqdm
 
+from utils.data import BRAIN_MASK, LESION_MASK, MANIFEST, MANIFEST_COLUMNS
 from utils.errors import UserError
+from utils.fileio import atomic_path
+from utils.layouts import LABEL, Case, choose_contrasts, plan_splits
 
+INFO = "preprocess.json"
 LOW_PERCENTILE = 1.0
 HIGH_PERCENTILE = 99.0
 
@@ -144,3 +159,236 @@ def volume_to_slices(vol: np.ndarray, count: int, size: int, name: str = "volume
     norm = normalize_volume(vol, name, dtype=np.float64)
     stack = np.moveaxis(norm[:, :, index.start:index.stop], 2, 0)
     return resize_slices(stack, size).astype(np.float32), index
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+def header_shape(path: Path, what: str) -> tuple[int, ...]:
+    """Voxel grid of a NIfTI file from its header alone; UserError for unreadable or non-3-D files."""
+    shape = tuple(int(s) for s in open_nifti(path, what).shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise UserError(f"{what}: {path.name} is {len(shape)}-D with shape {shape}; expected one 3-D volume "
+                        "(X, Y, Z): split 4-D series into volumes or pick the right file")
+    return shape
+
+
+def check_case(case: Case, contrasts: Sequence[str], slices: int, use_label: bool) -> None:
+    """Cheap header checks before anything is written: files present, 3-D, one grid, enough slices."""
+    shapes = {}
+    for name in contrasts:
+        path = case.images.get(name)
+        if path is None:
+            expected = case.names.get(name, f"a {name} volume")
+            raise UserError(f"case {case.case_id} has no {name} volume (expected {expected} in {case.folder}); "
+                            "add it or leave the case out of the split")
+        shapes[name] = header_shape(path, f"case {case.case_id} {name}")
+    if use_label and case.label is not None:
+        shapes[LABEL] = header_shape(case.label, f"case {case.case_id} label")
+    if len(set(shapes.values())) > 1:
+        listing = ", ".join(f"{k} {'x'.join(map(str, s))}" for k, s in shapes.items())
+        raise UserError(f"case {case.case_id}: volumes have different shapes ({listing}); resample them onto one "
+                        "grid (co-register) or leave the case out")
+    depth = next(iter(shapes.values()))[2]
+    middle_slices(depth, slices, f"case {case.case_id}")
+
+
+def _labels_in_use(split: str, cases: list[Case], no_labels: bool) -> bool:
+    """Whether a split gets a lesion mask: all its cases have labels (a partial set is refused)."""
+    if no_labels:
+        return False
+    unlabelled = [c.case_id for c in cases if c.label is None]
+    if unlabelled and len(unlabelled) < len(cases):
+        raise UserError(f"split {split}: case {', '.join(unlabelled[:3])} has no lesion label while other cases do; "
+                        "add the label files or pass --no-labels")
+    return not unlabelled
+
+
+# --------------------------------------------------------------------------------------------- processing
+
+@dataclass
+class CaseJob:
+    """Everything a worker needs to turn one case into slices."""
+
+    case: Case
+    contrasts: tuple[str, ...]
+    slices: int
+    size: int
+    use_label: bool
+
+
+def load_label(path: Path, what: str) -> np.ndarray:
+    """A label volume (may legitimately be all zero), 3-D and finite."""
+    data = read_voxels(open_nifti(path, what), path, what)
+    data = data[..., 0] if data.ndim == 4 and data.shape[3] == 1 else data
+    data = np.asarray(data, dtype=np.float64)
+    if not np.all(np.isfinite(data)):
+        raise UserError(f"{what} ({path.name}) has NaN or infinite voxels; fix or re-export the label")
+    return data
+
+
+def process_case(job: CaseJob) -> dict:
+    """Slices of one case: {contrast: float32 (N,S,S)}, brain and lesion masks (uint8) and the slice indices."""
+    case = job.case
+    raw = {c: load_volume(case.images[c], f"case {case.case_id} {c}") for c in job.contrasts}
+    shapes = {c: v.shape for c, v in raw.items()}
+    if len(set(shapes.values())) > 1:
+        raise UserError(f"case {case.case_id}: volumes have different shapes ({shapes}); resample them onto one grid")
+    images, index = {}, None
+    for name, vol in raw.items():
+        images[name], index = volume_to_slices(vol, job.slices, job.size, f"case {case.case_id} {name}")
+    brain = np.zeros(next(iter(shapes.values())), dtype=bool)
+    for vol in raw.values():
+        brain |= vol != 0
+    result = {"images": images, "index": list(index),
+              "brain": resize_masks(np.moveaxis(brain[:, :, index.start:index.stop], 2, 0), job.size),
+              "lesion": None}
+    if job.use_label and case.label is not None:
+        label = load_label(case.label, f"case {case.case_id} label")
+        result["lesion"] = resize_masks(np.moveaxis(label[:, :, index.start:index.stop] > 0, 2, 0), job.size)
+    return result
+
+
+def _results(jobs: list[CaseJob], workers: int) -> Iterator[dict]:
+    """Process cases in order, in `workers` processes when more than one."""
+    if workers <= 1:
+        yield from map(process_case, jobs)
+        return
+    with multiprocessing.get_context().Pool(workers) as pool:
+        yield from pool.imap(process_case, jobs)
+
+
+# ------------------------------------------------------------------------------------------------- writing
+
+def output_names(contrasts: Iterable[str], with_lesion: bool) -> list[str]:
+    """Files one split folder receives."""
+    names = [f"{c}.npy" for c in contrasts] + [f"{BRAIN_MASK}.npy"]
+    return names + ([f"{LESION_MASK}.npy"] if with_lesion else []) + [MANIFEST, INFO]
+
+
+def check_overwrite(out: Path, plan: dict[str, list[Case]], names: dict[str, list[str]], overwrite: bool) -> None:
+    """Refuse to replace existing outputs (any capitalisation) unless --overwrite."""
+    if overwrite:
+        return
+    for split in plan:
+        folder = out / split
+        if not folder.is_dir():
+            continue
+        wanted = {n.lower() for n in names[split]}
+        clash = sorted(p.name for p in folder.iterdir() if p.name.lower() in wanted)
+        if clash:
+            raise UserError(f"{folder} already holds {', '.join(clash)}; pass --overwrite to replace them or choose "
+                            "another --output")
+
+
+def _remove_case_variants(folder: Path, names: list[str]) -> None:
+    """After --overwrite, delete old files that differ from the new ones only in capitalisation (t1.npy)."""
+    wanted = {n.lower(): n for n in names}
+    for path in folder.iterdir():
+        if path.name.lower() in wanted and path.name != wanted[path.name.lower()]:
+            path.unlink()
+
+
+def _info(args: argparse.Namespace, split: str, cases: list[Case], contrasts: Sequence[str], lesion: bool) -> str:
+    """preprocess.json text: how this split was made."""
+    namings = sorted({c.naming for c in cases if c.naming})
+    info = {"layout": args.layout, **({"naming": namings} if namings else {}),
+            "input": str(Path(args.input).resolve()), "split": split,
+            "contrasts": list(contrasts), "slices_per_case": args.slices, "size": args.size,
+            "cases": [c.case_id for c in cases], "lesion_mask": lesion,
+            "recipe": "per volume: clip to 1st/99th percentile of voxels > 0, min-max to [0,1]; middle axial slices "
+                      "(depth - slices) // 2 onwards; skimage resize(mode='constant', anti_aliasing=True)"}
+    return json.dumps(info, indent=2) + "\n"
+
+
+def _manifest_text(rows: list[tuple[int, str, int]]) -> str:
+    """manifest.csv contents."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def _open_arrays(stack: contextlib.ExitStack, out: Path, plan: dict[str, list[Case]], contrasts: Sequence[str],
+                 lesion: dict[str, bool], slices: int, size: int) -> dict[tuple[str, str], np.ndarray]:
+    """Memory-mapped output arrays under temporary names, renamed into place when `stack` closes cleanly."""
+    arrays = {}
+    for split, cases in plan.items():
+        shape = (len(cases) * slices, size, size)
+        names = list(contrasts) + [BRAIN_MASK] + ([LESION_MASK] if lesion[split] else [])
+        for name in names:
+            # Memory maps keep a whole training split (gigabytes) out of RAM while it is filled case by case.
+            tmp = stack.enter_context(atomic_path(out / split / f"{name}.npy"))
+            dtype = np.float32 if name in contrasts else np.uint8
+            arrays[split, name] = open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+    return arrays
+
+
+def write_splits(args: argparse.Namespace, plan: dict[str, list[Case]], contrasts: Sequence[str],
+                 lesion: dict[str, bool]) -> None:
+    """Process every case and write all splits; files appear (renamed from temporaries) only if all succeed."""
+    out = Path(args.output)
+    created = [d for d in [out] + [out / s for s in plan] if not d.exists()]
+    jobs = [CaseJob(case, tuple(contrasts), args.slices, args.size, lesion[split])
+            for split, cases in plan.items() for case in cases]
+    owners = [(split, pos) for split, cases in plan.items() for pos in range(len(cases))]
+    manifests: dict[str, list[tuple[int, str, int]]] = {split: [] for split in plan}
+    try:
+        with contextlib.ExitStack() as stack:
+            arrays = _open_arrays(stack, out, plan, contrasts, lesion, args.slices, args.size)
+            with tqdm(total=len(jobs), desc="preprocessing", unit="case") as bar:
+                for (split, pos), result in zip(owners, _results(jobs, args.workers)):
+                    rows = slice(pos * args.slices, (pos + 1) * args.slices)
+                    for name, stack_of_slices in result["images"].items():
+                        arrays[split, name][rows] = stack_of_slices
+                    arrays[split, BRAIN_MASK][rows] = result["brain"]
+                    if lesion[split]:
+                        arrays[split, LESION_MASK][rows] = result["lesion"]
+                    case_id = plan[split][pos].case_id
+                    manifests[split] += [(rows.start + i, case_id, k) for i, k in enumerate(result["index"])]
+                    bar.set_postfix_str(f"{split}: {case_id}")
+                    bar.update()
+            for array in arrays.values():
+                array.flush()
+            arrays.clear()
+            for split, rows in manifests.items():
+                stack.enter_context(atomic_path(out / split / MANIFEST)).write_text(_manifest_text(rows))
+                stack.enter_context(atomic_path(out / split / INFO)).write_text(
+                    _info(args, split, plan[split], contrasts, lesion[split]))
+    except BaseException:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only succeeds for folders this run created and left empty
+        raise
+    for split in plan:
+        _remove_case_variants(out / split, output_names(contrasts, lesion[split]))
+
+
+def preprocess(args: argparse.Namespace) -> dict[str, int]:
+    """pre_process.py's run: find and check every case, write all splits; returns the slices written per split."""
+    if args.layout is None:
+        if not args.dataset:
+            raise UserError("pass --layout brats|isles|folders (or --dataset brats|isles, which implies it)")
+        args.layout = args.dataset
+    if args.slices < 1 or args.size < 1 or args.workers < 1:
+        raise UserError("--slices, --size and --workers must be positive")
+    plan = plan_splits(args)
+    if not plan:
+        raise UserError("the split lists name no cases; put case ids (one a line) into them")
+    contrasts = choose_contrasts(args.layout, args.contrasts, plan)
+    lesion = {split: _labels_in_use(split, cases, args.no_labels) for split, cases in plan.items()}
+    for split, cases in plan.items():
+        for case in cases:
+            check_case(case, contrasts, args.slices, lesion[split])
+    out = Path(args.output)
+    check_overwrite(out, plan, {s: output_names(contrasts, lesion[s]) for s in plan}, args.overwrite)
+    write_splits(args, plan, contrasts, lesion)
+    counts = {split: len(cases) * args.slices for split, cases in plan.items()}
+    for split, cases in plan.items():
+        extra = " + lesion mask" if lesion[split] else ""
+        plural = "s" if len(cases) != 1 else ""
+        print(f"{out / split}: {len(cases)} case{plural} x {args.slices} slices = {counts[split]} slices of "
+              f"{args.size}x{args.size}, {', '.join(contrasts)} + brain mask{extra}")
+    return counts

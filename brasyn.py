@@ -1,0 +1,76 @@
+"""BraSyn (the BraTS missing-MRI challenge) end to end: make validation cases, complete them, score them.
+
+    python brasyn.py drop --input BRATS_CASES --out val --truth truth --missing T1ce FLAIR
+    python brasyn.py complete --input val --models T1ce=results/exp_t1ce FLAIR=results/exp_flair --out completed
+    python brasyn.py score --completed completed --truth truth --out metrics
+
+drop: BraSyn-style cases from complete BraTS cases (any release's names): one modality dropped per case, seeded, the
+dropped image and the segmentation kept in --truth. complete: for every case folder (each lacking one modality),
+synthesise the missing one with the experiment trained for it, on the case's grid and under its BraTS name, and copy
+the three present files, so each output folder is a complete case; a report goes to <out>/brasyn_report.{json,csv}.
+score: SSIM and PSNR of each synthesis against the truth within the brain, the tumour and the rest of the brain.
+The work is done by utils/brasyn.py.
+"""
+import argparse
+import sys
+from typing import Sequence
+
+from utils.brasyn import complete_cases, drop_modalities, score_cases
+from utils.errors import run_cli
+from utils.layouts import BRATS_CONTRASTS, BRATS_NAMINGS
+from utils.options import add_speed_args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The three subcommands and their options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{drop,complete,score}")
+    kwargs = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+
+    drop = commands.add_parser("drop", help="make BraSyn-style cases (one modality dropped) from complete ones",
+                               **kwargs)
+    drop.add_argument("--input", required=True, help="complete BraTS cases (2019, 2021 or 2023 names)")
+    drop.add_argument("--out", required=True, help="where the BraSyn-style case folders (three images) go")
+    drop.add_argument("--truth", required=True, help="where the dropped images and segmentations go, per case")
+    drop.add_argument("--layout", choices=["brats", *BRATS_NAMINGS], default="brats",
+                      help="naming of --input: brats recognises every release's names")
+    drop.add_argument("--split-file", nargs="+", default=None, metavar="PATH",
+                      help="use only the cases of these .list files (e.g. your test split); default: all cases")
+    drop.add_argument("--missing", nargs="+", default=list(BRATS_CONTRASTS), metavar="CONTRAST",
+                      help="modalities that may be dropped (each about equally often)")
+    drop.add_argument("--seed", type=int, default=0, help="seed of the choice of the dropped modality")
+    drop.add_argument("--overwrite", action="store_true", help="replace case folders in --out and --truth")
+
+    complete = commands.add_parser("complete", help="synthesise each case's missing modality", **kwargs)
+    complete.add_argument("--input", required=True,
+                          help="a folder of BraSyn case folders (each missing one modality), or one case folder")
+    complete.add_argument("--models", nargs="+", required=True, metavar="TARGET=EXP_DIR",
+                          help="the experiment (train.py's folder) that synthesises each target, e.g. "
+                               "T1ce=results/exp_t1ce FLAIR=results/exp_flair")
+    complete.add_argument("--out", required=True, help="where the completed case folders and the report go")
+    complete.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    complete.add_argument("--batch_size", type=int, default=4, help="slices synthesised per forward pass")
+    complete.add_argument("--seed", type=int, default=1024, help="sampling seed (set again for every case)")
+    complete.add_argument("--epoch", type=int, default=None,
+                          help="use every experiment's gen_diffusive_{1,2}_EPOCH.pth (default: the latest)")
+    complete.add_argument("--overwrite", action="store_true",
+                          help="redo cases already complete in --out (by default they are kept)")
+    add_speed_args(complete)
+
+    score = commands.add_parser("score", help="volume SSIM and PSNR of the syntheses against the truth", **kwargs)
+    score.add_argument("--completed", required=True, help="the folder brasyn.py complete wrote")
+    score.add_argument("--truth", required=True, help="the folder brasyn.py drop kept the dropped images in")
+    score.add_argument("--out", required=True, help="where volume_metrics.csv and volume_metrics.json go")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    """Run one subcommand; returns its per-case rows."""
+    args = build_parser().parse_args(argv)
+    run = {"drop": drop_modalities, "complete": complete_cases, "score": score_cases}[args.command]
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
