@@ -283,7 +283,8 @@ class Trainer:
             scheduler.load_state_dict(content[f"scheduler_{name}"])
             if scheduler.T_max != self.args.num_epoch:
                 warnings.warn(f"--num_epoch changed from {scheduler.T_max} to {self.args.num_epoch}: the cosine "
-                              "learning-rate decay now ends at the new last epoch", stacklevel=2)
+                              "decay continues from the current learning rate over the new length (a schedule "
+                              "that already reached its 1e-5 floor stays there)", stacklevel=2)
                 scheduler.T_max = self.args.num_epoch
         for key, ema in (("ema_gen_diffusive_1", self.opts.ema1), ("ema_gen_diffusive_2", self.opts.ema2)):
             if ema is not None and content.get(key) is not None:
