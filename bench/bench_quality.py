@@ -1,6 +1,6 @@
 """Quality benchmark: does MU-Diff learn more than a per-pixel regression? Phantom data, a fixed training budget.
 
-    python bench/bench_quality.py --steps 960 --threads 2
+    python bench/bench_quality.py --steps 480 --threads 2
 
 Makes phantom cases with demo/make_sample_data.py, preprocesses them, trains the small-budget recipe
 (configs/quickstart.json unless --config) for about --steps generator steps, synthesises the held-out test split with
@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality"), help="output folder")
     parser.add_argument("--config", default=str(ROOT / "configs" / "quickstart.json"),
                         help="training recipe (train.py --config)")
-    parser.add_argument("--steps", type=int, default=960, help="generator steps to train (rounded up to epochs)")
-    parser.add_argument("--cases", type=int, default=14, help="phantom cases (split about 65/15/20 %%)")
+    parser.add_argument("--steps", type=int, default=480, help="generator steps to train (rounded up to epochs)")
+    parser.add_argument("--cases", type=int, default=12, help="phantom cases (split about 65/15/20 %%)")
     parser.add_argument("--slices", type=int, default=24, help="middle axial slices per case")
     parser.add_argument("--seed", type=int, default=100, help="seed of the first phantom case")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for training and synthesis")
