@@ -23,7 +23,6 @@ from bench_common import (RESULTS_DIR, base_spec, check_reference, command_line,
                           save_results)
 
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.fileio import atomic_path  # noqa: E402
 from utils.training import LOSS_NAMES  # noqa: E402
 
 CONTRASTS = ["FLAIR", "T2", "T1", "T1ce"]
@@ -62,8 +61,8 @@ def largest_difference(ours: list[list[float]], theirs: list[list[float]]) -> fl
 
 def draw(ours: list[list[float]], theirs: list[list[float]], path: Path) -> None:
     """Critic and L1 losses per step for both codes."""
-    import matplotlib
-    matplotlib.use("Agg")
+    from utils.plots import save_figure  # chooses the Agg backend before pyplot is imported
+
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
@@ -74,10 +73,7 @@ def draw(ours: list[list[float]], theirs: list[list[float]], path: Path) -> None
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, 100)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from utils.baselines import PixelRegression  # noqa: E402
 from utils.data import SliceDataset  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.fileio import atomic_path, save_json  # noqa: E402
+from utils.fileio import save_json  # noqa: E402
 from utils.metrics import plain_metrics, summarize_values  # noqa: E402
 from utils.options import CONFIG_NAME  # noqa: E402
 from utils.quality import ROOT, as_json, comparison_table, max_swing, run_step, score_folder  # noqa: E402
@@ -96,8 +96,8 @@ def read_val_csv(path: Path) -> dict[str, list[float]]:
 
 def draw_curve(val: dict[str, list[float]], lines: dict[str, dict[str, float]], path: Path) -> None:
     """Validation PSNR and SSIM per epoch, each baseline's validation score as a dashed line."""
-    import matplotlib
-    matplotlib.use("Agg")
+    from utils.plots import save_figure  # chooses the Agg backend before pyplot is imported
+
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -110,10 +110,7 @@ def draw_curve(val: dict[str, list[float]], lines: dict[str, dict[str, float]], 
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Validation during training (plain metric, whole slice, [0, 1])", fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, 110)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -46,8 +46,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def draw_figure(samples: Path, baseline: Path, source: np.ndarray, source_name: str, target_name: str,
                 path: Path) -> None:
     """Source, baseline, synthesis, truth, error and disagreement for the three test slices with most lesion."""
-    import matplotlib
-    matplotlib.use("Agg")
+    from utils.plots import save_figure  # chooses the Agg backend before pyplot is imported
+
     import matplotlib.pyplot as plt
 
     synth, real = np.load(samples / "synth.npy"), np.load(samples / "real.npy")
@@ -69,11 +69,7 @@ def draw_figure(samples: Path, baseline: Path, source: np.ndarray, source_name: 
             axes[r, c].set_axis_off()
             if r == 0:
                 axes[r, c].set_title(title, fontsize=9)
-    fig.tight_layout()
-    from utils.fileio import atomic_path
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, 110)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -14,6 +14,14 @@ import numpy as np  # noqa: E402
 from utils.fileio import atomic_path  # noqa: E402
 
 
+def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int) -> None:
+    """Lay the figure out, write it atomically as PNG, and free it."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+
+
 def moving_average(values: Sequence[float], window: int) -> np.ndarray:
     """Trailing mean over `window` points, ignoring NaN (the first points average what exists so far)."""
     data = np.asarray(values, dtype=np.float64)
@@ -51,10 +59,7 @@ def plot_curves(steps: Sequence[float], losses: Mapping[str, Sequence[float]], e
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, 90)
 
 
 def save_sample_grid(columns: Mapping[str, np.ndarray], path: str | os.PathLike, title: str = "") -> None:
@@ -73,7 +78,4 @@ def save_sample_grid(columns: Mapping[str, np.ndarray], path: str | os.PathLike,
                 ax.set_title(name, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, 80)
