@@ -25,6 +25,7 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from utils.baselines import PixelRegression  # noqa: E402
 from utils.data import SliceDataset  # noqa: E402
@@ -76,8 +77,6 @@ def baseline_validation(slices: Path, contrasts: list[str], image_size: int) -> 
     val = SliceDataset(slices, "val", contrasts, image_size)
     items = [val[i] for i in range(len(val))]
     conds = [np.stack([it[k].numpy() for it in items]) for k in range(4)]
-    import torch
-
     scores = {}
     for kind in BASELINES:
         model = PixelRegression.fit(train, kind, progress=False)
@@ -170,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(comparison_table(scores))
     print(f"\nvalidation PSNR per epoch: {', '.join(f'{v:.2f}' for v in val['psnr'])} (best: epoch {best}); "
           f"largest epoch-to-epoch change after the first quarter: {report['validation']['max_psnr_swing_after_first_quarter']:.2f} dB")
-    print(f"baselines on the validation split: " + ", ".join(f"{k} {v['psnr']:.2f} dB / SSIM {v['ssim']:.3f}"
+    print("baselines on the validation split: " + ", ".join(f"{k} {v['psnr']:.2f} dB / SSIM {v['ssim']:.3f}"
                                                            for k, v in lines.items()))
     print(f"{report['steps']} steps in {timings['train'] / 60:.1f} min of training; {report['seconds']['total'] / 60:.1f} "
           f"min in all. Wrote {out / 'quality.json'} and {out / 'learning_curve.png'}")
