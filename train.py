@@ -92,6 +92,8 @@ def check_options(args: Namespace) -> None:
         raise UserError(f"--image_size {args.image_size} is too small: the critic needs at least {MIN_IMAGE_SIZE}")
     if args.use_ema and not 0.0 <= args.ema_decay < 1.0:
         raise UserError(f"--ema_decay must lie in [0, 1), got {args.ema_decay}")
+    if args.ema_warmup and not args.use_ema:
+        raise UserError("--ema_warmup only changes the EMA: add --use_ema (or drop --ema_warmup)")
     if args.num_workers < 0:
         raise UserError(f"--num_workers must be 0 or more, got {args.num_workers}")
 

@@ -437,6 +437,32 @@ def test_ema_follows_the_original_update():
     assert twin.decay == 0.75 and states_equal(twin.averaged_state_dict(), ema.averaged_state_dict())
 
 
+def test_ema_warmup_uses_the_growing_decay_and_survives_a_reload():
+    """--ema_warmup: update n folds in with min(decay, (1+n)/(10+n)); the count is saved and restored."""
+    net = torch.nn.Linear(3, 2)
+    ema = EMA(net, 0.99, warmup=True)
+    history = []
+    for _ in range(4):
+        for p in net.parameters():
+            p.grad = torch.ones_like(p)
+            p.data.add_(torch.randn_like(p))
+        history.append({k: v.clone() for k, v in net.state_dict().items()})
+        ema.update()
+    for k in history[0]:
+        value = history[0][k].clone()
+        for n, snapshot in enumerate(history, start=1):
+            decay = min(0.99, (1 + n) / (10 + n))
+            value = value * decay + snapshot[k] * (1 - decay)
+        assert torch.allclose(ema.shadow[k], value, atol=1e-6)
+    assert ema.current_decay() == (1 + 5) / (10 + 5)
+    twin = EMA(net, 0.99, warmup=True)
+    twin.load_state_dict(ema.state_dict())
+    assert twin.updates == 4 and twin.current_decay() == ema.current_decay()
+    legacy = {k: v for k, v in ema.state_dict().items() if k != "updates"}
+    twin.load_state_dict(legacy)
+    assert twin.current_decay() == 0.99
+
+
 def test_readme_command_passes_dry_run(tmp_path, capsys, monkeypatch):
     """The README's training command, unchanged, on a CPU-only machine: plan printed, nothing trained or written."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -484,6 +510,7 @@ def test_bad_inputs_fail_with_one_line(data, bad_data, tmp_path, run_a, monkeypa
     fails(argv(data, run_a["out"], "a", *RUN_AB[:2], "--resume"), "already completed 2 of --num_epoch 2")
     fails(argv(data, run_a["out"], "a"), "already holds a training run", "--resume", "--overwrite")
     fails(argv(data, out, "x", "--lazy_reg", "0"), "--lazy_reg")
+    fails(argv(data, out, "x", "--ema_warmup"), "--ema_warmup", "--use_ema")
     fails([*argv(data, out, "x"), "--device", "tpu"], "'tpu'")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     fails([*argv(data, out, "x"), "--device", "cuda"], "no CUDA GPU")

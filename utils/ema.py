@@ -4,6 +4,10 @@ The original wrapped the optimiser and kept the averages in its state; here they
 own so that they are saved under their own key and can be swapped into the network for sampling and saving. The
 arithmetic is the original's: after each optimiser step, a parameter that has a gradient gets
 ema <- decay * ema + (1 - decay) * p, and its average starts as a copy of the parameter right after its first step.
+
+With `warmup` (new, `--ema_warmup`) update n uses min(decay, (1 + n) / (10 + n)) instead, the usual warm-up of
+TensorFlow's ExponentialMovingAverage: in a short run a decay of 0.99 would otherwise keep averaging the blurred
+weights of the first hundred steps.
 """
 from __future__ import annotations
 
@@ -14,20 +18,34 @@ import torch
 from torch import nn
 
 
+# An update count past which the warm-up decay (1 + n) / (10 + n) exceeds any decay below 1 - 1e-8.
+WARMED_UP = 10**9
+
+
 class EMA:
     """Moving averages of the parameters of one network."""
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False) -> None:
         """Track `model`'s parameters with the given decay (the averages start at the first update)."""
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must lie in [0, 1), got {decay}")
         self.model = model
         self.decay = float(decay)
+        self.warmup = warmup
+        self.updates = 0
         self.shadow: dict[str, torch.Tensor] = {}
+
+    def current_decay(self) -> float:
+        """The decay the next update uses: `decay`, or its warm-up value early in training."""
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1.0 + self.updates + 1) / (10.0 + self.updates + 1))
 
     @torch.no_grad()
     def update(self) -> None:
         """Fold the current parameters into the averages (call right after the optimiser step)."""
+        decay = self.current_decay()
+        self.updates += 1
         names, averages, params = [], [], []
         for name, param in self.model.named_parameters():
             if param.grad is None:
@@ -38,12 +56,12 @@ class EMA:
             averages.append(self.shadow[name])
             params.append(param.detach())
         if averages:
-            torch._foreach_mul_(averages, self.decay)
-            torch._foreach_add_(averages, params, alpha=1.0 - self.decay)
+            torch._foreach_mul_(averages, decay)
+            torch._foreach_add_(averages, params, alpha=1.0 - decay)
 
     def state_dict(self) -> dict:
-        """Decay and averages (plain tensors, loadable with weights_only=True)."""
-        return {"decay": self.decay, "shadow": dict(self.shadow)}
+        """Decay, update count and averages (plain tensors, loadable with weights_only=True)."""
+        return {"decay": self.decay, "updates": self.updates, "shadow": dict(self.shadow)}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the averages saved by state_dict, on the network's device."""
@@ -52,6 +70,8 @@ class EMA:
         if unknown:
             raise KeyError(f"EMA state names parameters the network does not have: {', '.join(unknown[:5])}")
         self.decay = float(state["decay"])
+        # States written before the count was kept come from runs without warm-up: count them as warmed up.
+        self.updates = int(state.get("updates", WARMED_UP))
         self.shadow = {k: v.to(names[k].device, names[k].dtype).clone() for k, v in state["shadow"].items()}
 
     def averaged_state_dict(self) -> dict[str, torch.Tensor]:

@@ -110,6 +110,9 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no_lr_decay", action="store_true", default=False, help="keep the learning rates constant")
     g.add_argument("--use_ema", action="store_true", default=False, help="keep an EMA of the generator weights")
     g.add_argument("--ema_decay", type=float, default=0.999, help="EMA decay (only with --use_ema)")
+    g.add_argument("--ema_warmup", action="store_true", default=False,
+                   help="new: EMA update n uses min(ema_decay, (1+n)/(10+n)), so a short run's average does not "
+                        "keep its first, blurred weights (only with --use_ema)")
     g.add_argument("--r1_gamma", type=float, default=1.0, help="R1 penalty weight")
     g.add_argument("--lazy_reg", type=int, default=10, help="apply R1 every this many steps")
     g.add_argument("--save_content", action="store_true", default=True, help="save content.pth (always on)")
