@@ -5,7 +5,7 @@ Runs on a CPU, one GPU, several GPUs of one node (`--num_process_per_node N` spa
 --node_rank flags). Epochs are numbered 1..--num_epoch in file names, logs and the progress bar. Everything goes to
 OUTPUT_PATH/EXP/: content.pth (all state needed by --resume), gen_diffusive_{1,2}.pth (latest generator weights),
 gen_diffusive_{1,2}_{epoch}.pth (every --save_ckpt_every epochs and the last), gen_diffusive_{1,2}_best.pth (the epoch
-with the highest validation PSNR so far), config.json, log.csv (every loss term per iteration), val.csv (validation
+with the highest validation PSNR so far, or SSIM with --best_metric ssim), config.json, log.csv (every loss term per iteration), val.csv (validation
 PSNR/SSIM/L1 per epoch and the best epoch so far), curves.png and sample_discrete_epoch_{epoch}.png.
 """
 from __future__ import annotations
@@ -133,6 +133,10 @@ def check_resume(args: Namespace, exp_dir: Path) -> int:
     if diffs:
         raise UserError(f"--resume: {path} was trained with " + ", ".join(diffs)
                         + "; pass the original values or start a new experiment")
+    stored_metric = stored.get("best_metric", "psnr")
+    if stored_metric != args.best_metric:
+        raise UserError(f"--resume: {path} chose its best checkpoint by --best_metric {stored_metric} (now "
+                        f"{args.best_metric}); pass --best_metric {stored_metric} or start a new experiment")
     done = int(content["epoch"])
     if done >= args.num_epoch:
         raise UserError(f"--resume: {path} has already completed {done} of --num_epoch {args.num_epoch} epochs; "
@@ -263,7 +267,7 @@ class Trainer:
             self._restore(exp / CONTENT)
             self.log.load_until(self.epoch)
             self.val_log.load_until(self.epoch)
-        self.best = best_so_far(self.val_log)
+        self.best = best_so_far(self.val_log, args.best_metric)
         self.sampler = torch.utils.data.DistributedSampler(self.train_set, num_replicas=layout.world_size,
                                                            rank=layout.rank, shuffle=True, seed=self.sampler_seed)
         self.loader_rng = torch.Generator()
@@ -392,9 +396,9 @@ class Trainer:
                                        progress=self.layout.is_main)
         self.epoch = number
         rng_states = gather_objects(rng_state(self.device))
-        improved = scores["psnr"] > self.best[0]
+        improved = scores[args.best_metric] > self.best[0]
         if improved:
-            self.best = (scores["psnr"], number)
+            self.best = (scores[args.best_metric], number)
         if self.layout.is_main:
             self.val_log.append(epoch=number, global_step=self.global_step, seconds=round(seconds, 2),
                                 best_epoch=self.best[1], **scores)
@@ -432,10 +436,10 @@ class Trainer:
             save_torch(self.content(rng_states), exp / CONTENT)
 
 
-def best_so_far(val_log: CsvLog) -> tuple[float, int]:
-    """(validation PSNR, epoch) of the best epoch logged so far, or (-inf, 0) before the first."""
-    scored = [(psnr, int(epoch)) for psnr, epoch in zip(val_log.column("psnr"), val_log.column("epoch"))
-              if not math.isnan(psnr)]
+def best_so_far(val_log: CsvLog, metric: str = "psnr") -> tuple[float, int]:
+    """(validation score, epoch) of the best epoch logged so far by `metric`, or (-inf, 0) before the first."""
+    scored = [(score, int(epoch)) for score, epoch in zip(val_log.column(metric), val_log.column("epoch"))
+              if not math.isnan(score)]
     return max(scored, key=lambda item: item[0], default=(-math.inf, 0))
 
 

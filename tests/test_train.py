@@ -522,12 +522,13 @@ def test_bad_inputs_fail_with_one_line(data, bad_data, tmp_path, run_a, monkeypa
     assert not out.exists()
 
 
-def scripted_validation(monkeypatch, psnrs: list[float]) -> None:
-    """Make train.py's validation report the given PSNRs, one per epoch, in order."""
+def scripted_validation(monkeypatch, psnrs: list[float], ssims: list[float] | None = None) -> None:
+    """Make train.py's validation report the given PSNRs (and SSIMs), one per epoch, in order."""
     queue = list(psnrs)
+    ssim_queue = list(ssims or [0.5] * len(psnrs))
 
     def fake_validate(*args, **kwargs):
-        return {"psnr": queue.pop(0), "ssim": 0.5, "l1": 0.1}, {}
+        return {"psnr": queue.pop(0), "ssim": ssim_queue.pop(0), "l1": 0.1}, {}
 
     monkeypatch.setattr(train, "validate", fake_validate)
 
@@ -548,6 +549,19 @@ def test_best_checkpoint_follows_validation_psnr_across_a_resume(data, tmp_path,
     assert [r["best_epoch"] for r in read_rows(folder / "val.csv")] == ["1", "2", "2", "2"]
     assert states_equal(read_checkpoint(folder / "gen_diffusive_1_best.pth"),
                         read_checkpoint(folder / "gen_diffusive_1_2.pth"))
+
+
+def test_best_metric_ssim_picks_the_epoch_of_highest_ssim(data, tmp_path, monkeypatch, one_thread):
+    """--best_metric ssim: the _best files follow validation SSIM, not PSNR; a resume cannot switch the metric."""
+    out, options = tmp_path / "out", ["--num_epoch", "3", "--save_ckpt_every", "1", "--best_metric", "ssim"]
+    scripted_validation(monkeypatch, [25.0, 20.0], [0.6, 0.8])
+    train.main(argv(data, out, "ssim", *options, "--stop_after_epochs", "2"))
+    folder = out / "ssim"
+    assert [r["best_epoch"] for r in read_rows(folder / "val.csv")] == ["1", "2"]
+    assert states_equal(read_checkpoint(folder / "gen_diffusive_1_best.pth"),
+                        read_checkpoint(folder / "gen_diffusive_1_2.pth"))
+    with pytest.raises(UserError, match="--best_metric ssim"):
+        train.main(argv(data, out, "ssim", *options[:4], "--resume"))
 
 
 def test_config_file_sets_options_and_the_command_line_wins(data, tmp_path):

@@ -38,8 +38,8 @@ def add_test_args(parser: argparse.ArgumentParser) -> None:
     """Options only test.py has: which checkpoint, which slices, which device, what to write."""
     g = parser.add_argument_group("test")
     g.add_argument("--epoch", "--epoch_id", dest="epoch", type=epoch_choice, default=None,
-                   help="use gen_diffusive_{1,2}_EPOCH.pth, or 'best' for the epoch with the highest validation "
-                        "PSNR (default: gen_diffusive_{1,2}.pth, the published names)")
+                   help="use gen_diffusive_{1,2}_EPOCH.pth, or 'best' for the epoch with the best validation "
+                        "score (train.py --best_metric, PSNR unless set; default: gen_diffusive_{1,2}.pth, the published names)")
     g.add_argument("--baseline", default=None, choices=BASELINES,
                    help="no model: fit a per-pixel linear or quadratic regression of the target on the training "
                         "split's brain pixels and write its synthesis to generated_samples_baseline_<KIND>/")
@@ -133,7 +133,7 @@ def generator_files(exp_dir: Path, epoch: int | str | None = None) -> tuple[Path
         hint = (f"epochs saved there: {', '.join(map(str, epochs))} (pick one with --epoch)" if epochs
                 else "check --output_path and --exp")
         if epoch == BEST:
-            hint = ("train.py writes it after each epoch whose validation PSNR is the best so far; this experiment "
+            hint = ("train.py writes it after each epoch whose validation score is the best so far; this experiment "
                     "has none (trained by an older version?)")
         raise UserError(f"checkpoint {missing[0]} not found; {hint}")
     return paths  # type: ignore[return-value]

@@ -138,6 +138,10 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--contrast2", default="T2", help="accepted for compatibility; use --target/--contrasts")
 
 
+# Validation scores train.py can choose its best checkpoint by (columns of val.csv).
+BEST_METRICS = ("psnr", "ssim")
+
+
 def add_train_control_args(parser: argparse.ArgumentParser) -> None:
     """Training-run controls that the original did not have (time-limited jobs, reusing an experiment folder)."""
     g = parser.add_argument_group("run control")
@@ -145,6 +149,9 @@ def add_train_control_args(parser: argparse.ArgumentParser) -> None:
                    help="train at most N epochs in this invocation, save, and stop (continue later with --resume)")
     g.add_argument("--overwrite", action="store_true", default=False,
                    help="start a new run in an experiment folder that already holds one (its files are replaced)")
+    g.add_argument("--best_metric", default="psnr", choices=BEST_METRICS,
+                   help="validation score that picks gen_diffusive_{1,2}_best.pth; ssim ignores the overall "
+                        "brightness of the synthesis, which on few validation cases swings PSNR by several dB")
 
 
 def add_speed_args(parser: argparse.ArgumentParser, training: bool = False) -> None:
