@@ -4,7 +4,7 @@
 
 Makes phantom cases with demo/make_sample_data.py, preprocesses them, trains the small-budget recipe
 (configs/quickstart.json unless --config) for about --steps generator steps, synthesises the held-out test split with
-the epoch of best validation PSNR and with the last epoch, fits both baselines (test.py --baseline linear and
+the epoch of best validation score (the recipe's --best_metric) and with the last epoch, fits both baselines (test.py --baseline linear and
 quadratic) on the training split, and scores all four with every protocol. It draws the learning curve (validation
 PSNR and SSIM per epoch, the baselines' validation scores as lines) and writes everything to --out
 (bench/results/quality/ by default): quality.json, learning_curve.png and the runs themselves.
@@ -90,7 +90,7 @@ def read_val_csv(path: Path) -> dict[str, list[float]]:
     """val.csv as columns of floats."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    return {key: [float(row[key]) for row in rows] for key in ("epoch", "psnr", "ssim")}
+    return {key: [float(row[key]) for row in rows] for key in ("epoch", "psnr", "ssim", "best_epoch")}
 
 
 def draw_curve(val: dict[str, list[float]], lines: dict[str, dict[str, float]], path: Path) -> None:
@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     val = read_val_csv(experiment / "val.csv")
     lines = baseline_validation(slices, settings["contrasts"], settings["image_size"])
     draw_curve(val, lines, out / "learning_curve.png")
-    best = int(val["epoch"][int(np.argmax(val["psnr"]))])
+    best = int(val["best_epoch"][-1])  # chosen by train.py with the recipe's --best_metric
     report = {
         "command": "python bench/bench_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),

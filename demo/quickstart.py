@@ -1,9 +1,9 @@
 """The whole MU-Diff pipeline on built-in phantom data, on a CPU, in a few minutes.
 
 Generates phantom cases, preprocesses them, trains a small model with the small-budget recipe
-(configs/quickstart.json), synthesises the test slices with the epoch of best validation PSNR, fits the per-pixel
-linear baseline on the training split, scores both with metric_calc.py's protocols and draws a figure; then prints
-where everything went and the model next to the baseline. Every step is the same command a user would type.
+(configs/quickstart.json), synthesises the test slices with the epoch of best validation score (SSIM in the recipe),
+fits the per-pixel linear baseline on the training split, scores both with metric_calc.py's protocols and draws a
+figure; then prints where everything went and the model next to the baseline. Every step is the same command a user would type.
 """
 import argparse
 import sys
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_step("3/6 training MU-Diff (FLAIR, T2, T1 -> T1ce) with the small-budget recipe", "train.py",
              ["--config", RECIPE.relative_to(ROOT), "--input_path", slices, "--output_path", results, "--exp", EXP,
               *epochs, "--device", args.device, "--num_workers", 0, "--overwrite"])
-    run_step("4/6 synthesis of the test slices (the epoch with the best validation PSNR)", "test.py",
+    run_step("4/6 synthesis of the test slices (the epoch with the best validation score)", "test.py",
              ["--input_path", slices, "--output_path", results, "--exp", EXP, "--epoch", "best", "--batch_size", 16,
               "--device", args.device, "--save_uncertainty"])
     run_step("5/6 baseline: per-pixel linear regression fitted on the training split", "test.py",
