@@ -410,17 +410,23 @@ def test_train_step_equals_the_original_iteration(data, tmp_path, one_thread):
         assert states_equal(net.state_dict(), ref_nets.named()[name].state_dict()), name
 
 
-def test_ema_follows_the_original_update():
-    """Average starts at the weights after the first step, then ema <- d·ema + (1 − d)·p; swap and restore."""
-    net = torch.nn.Linear(3, 2)
-    ema = EMA(net, 0.75)
+def random_steps_with_ema(net: torch.nn.Module, ema: EMA, steps: int) -> list[dict]:
+    """Move every parameter randomly (with a gradient, as after a step) and update the EMA; the weights per step."""
     history = []
-    for _ in range(3):
+    for _ in range(steps):
         for p in net.parameters():
             p.grad = torch.ones_like(p)
             p.data.add_(torch.randn_like(p))
         history.append({k: v.clone() for k, v in net.state_dict().items()})
         ema.update()
+    return history
+
+
+def test_ema_follows_the_original_update():
+    """Average starts at the weights after the first step, then ema <- d·ema + (1 − d)·p; swap and restore."""
+    net = torch.nn.Linear(3, 2)
+    ema = EMA(net, 0.75)
+    history = random_steps_with_ema(net, ema, 3)
     expected = {}
     for k in history[0]:
         value = history[0][k].clone()
@@ -441,13 +447,7 @@ def test_ema_warmup_uses_the_growing_decay_and_survives_a_reload():
     """--ema_warmup: update n folds in with min(decay, (1+n)/(10+n)); the count is saved and restored."""
     net = torch.nn.Linear(3, 2)
     ema = EMA(net, 0.99, warmup=True)
-    history = []
-    for _ in range(4):
-        for p in net.parameters():
-            p.grad = torch.ones_like(p)
-            p.data.add_(torch.randn_like(p))
-        history.append({k: v.clone() for k, v in net.state_dict().items()})
-        ema.update()
+    history = random_steps_with_ema(net, ema, 4)
     for k in history[0]:
         value = history[0][k].clone()
         for n, snapshot in enumerate(history, start=1):
