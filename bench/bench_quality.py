@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -140,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     folders = {}
     timings["test_best"] = run_step("synthesis, best validation epoch", "test.py", [*common, "--epoch", "best"])
     folders["MU-Diff (best validation epoch)"] = experiment / "generated_samples_best"
+    # A rerun in the same --out finds the previous run's folder there, and a folder cannot be replaced by another.
+    shutil.rmtree(folders["MU-Diff (best validation epoch)"], ignore_errors=True)
     (experiment / "generated_samples").replace(folders["MU-Diff (best validation epoch)"])
     timings["test_last"] = run_step("synthesis, last epoch", "test.py", common)
     folders["MU-Diff (last epoch)"] = experiment / "generated_samples"
