@@ -5,8 +5,9 @@ Runs on a CPU, one GPU, several GPUs of one node (`--num_process_per_node N` spa
 --node_rank flags). Epochs are numbered 1..--num_epoch in file names, logs and the progress bar. Everything goes to
 OUTPUT_PATH/EXP/: content.pth (all state needed by --resume), gen_diffusive_{1,2}.pth (latest generator weights),
 gen_diffusive_{1,2}_{epoch}.pth (every --save_ckpt_every epochs and the last), gen_diffusive_{1,2}_best.pth (the epoch
-with the highest validation PSNR so far, or SSIM with --best_metric ssim), config.json, log.csv (every loss term per iteration), val.csv (validation
-PSNR/SSIM/L1 per epoch and the best epoch so far), curves.png and sample_discrete_epoch_{epoch}.png.
+with the highest validation PSNR so far, or SSIM with --best_metric ssim), config.json, log.csv (every loss term per
+iteration), val.csv (validation PSNR/SSIM/L1 per epoch and the best epoch so far), curves.png and
+sample_discrete_epoch_{epoch}.png.
 """
 from __future__ import annotations
 

@@ -4,10 +4,10 @@
 
 Makes phantom cases with demo/make_sample_data.py, preprocesses them, trains the small-budget recipe
 (configs/quickstart.json unless --config) for about --steps generator steps, synthesises the held-out test split with
-the epoch of best validation score (the recipe's --best_metric) and with the last epoch, fits both baselines (test.py --baseline linear and
-quadratic) on the training split, and scores all four with every protocol. It draws the learning curve (validation
-PSNR and SSIM per epoch, the baselines' validation scores as lines) and writes everything to --out
-(bench/results/quality/ by default): quality.json, learning_curve.png and the runs themselves.
+the epoch of best validation score (the recipe's --best_metric) and with the last epoch, fits both baselines
+(test.py --baseline linear and quadratic) on the training split, and scores all four with every protocol. It draws
+the learning curve (validation PSNR and SSIM per epoch, the baselines' validation scores as lines) and writes
+everything to --out (bench/results/quality/ by default): quality.json, learning_curve.png and the runs themselves.
 """
 from __future__ import annotations
 
@@ -170,12 +170,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     save_json(report, out / "quality.json")
     print(f"\nTest split ({report['test_slices']} slices of held-out phantom cases), mean ± std over slices:")
     print(comparison_table(scores))
+    swing = report["validation"]["max_psnr_swing_after_first_quarter"]
     print(f"\nvalidation PSNR per epoch: {', '.join(f'{v:.2f}' for v in val['psnr'])} (best: epoch {best}); "
-          f"largest epoch-to-epoch change after the first quarter: {report['validation']['max_psnr_swing_after_first_quarter']:.2f} dB")
+          f"largest epoch-to-epoch change after the first quarter: {swing:.2f} dB")
     print("baselines on the validation split: " + ", ".join(f"{k} {v['psnr']:.2f} dB / SSIM {v['ssim']:.3f}"
                                                            for k, v in lines.items()))
-    print(f"{report['steps']} steps in {timings['train'] / 60:.1f} min of training; {report['seconds']['total'] / 60:.1f} "
-          f"min in all. Wrote {out / 'quality.json'} and {out / 'learning_curve.png'}")
+    total = report["seconds"]["total"] / 60
+    print(f"{report['steps']} steps in {timings['train'] / 60:.1f} min of training; {total:.1f} min in all. "
+          f"Wrote {out / 'quality.json'} and {out / 'learning_curve.png'}")
     return report
 
 

@@ -3,7 +3,8 @@
 Generates phantom cases, preprocesses them, trains a small model with the small-budget recipe
 (configs/quickstart.json), synthesises the test slices with the epoch of best validation score (SSIM in the recipe),
 fits the per-pixel linear baseline on the training split, scores both with metric_calc.py's protocols and draws a
-figure; then prints where everything went and the model next to the baseline. Every step is the same command a user would type.
+figure; then prints where everything went and the model next to the baseline. Every step is the same command a
+user would type.
 """
 import argparse
 import sys

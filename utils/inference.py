@@ -39,7 +39,8 @@ def add_test_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("test")
     g.add_argument("--epoch", "--epoch_id", dest="epoch", type=epoch_choice, default=None,
                    help="use gen_diffusive_{1,2}_EPOCH.pth, or 'best' for the epoch with the best validation "
-                        "score (train.py --best_metric, PSNR unless set; default: gen_diffusive_{1,2}.pth, the published names)")
+                        "score (train.py --best_metric, PSNR unless set; default: gen_diffusive_{1,2}.pth, the "
+                        "published names)")
     g.add_argument("--baseline", default=None, choices=BASELINES,
                    help="no model: fit a per-pixel linear or quadratic regression of the target on the training "
                         "split's brain pixels and write its synthesis to generated_samples_baseline_<KIND>/")
