@@ -39,7 +39,8 @@ class EMA:
         """The decay the next update uses: `decay`, or its warm-up value early in training."""
         if not self.warmup:
             return self.decay
-        return min(self.decay, (1.0 + self.updates + 1) / (10.0 + self.updates + 1))
+        n = self.updates + 1  # the next update's number, counting from 1
+        return min(self.decay, (1.0 + n) / (10.0 + n))
 
     @torch.no_grad()
     def update(self) -> None:

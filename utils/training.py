@@ -100,9 +100,8 @@ def build_optimisers(nets: Networks, args: Namespace) -> Optimisers:
         name: torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.num_epoch, eta_min=LR_ETA_MIN)
         for name, opt in (("gen_diffusive_1", opt_g1), ("gen_diffusive_2", opt_g2), ("disc_diffusive_2", opt_d))
     }
-    warmup = bool(getattr(args, "ema_warmup", False))
-    ema1 = EMA(nets.gen1, args.ema_decay, warmup) if args.use_ema else None
-    ema2 = EMA(nets.gen2, args.ema_decay, warmup) if args.use_ema else None
+    ema1 = EMA(nets.gen1, args.ema_decay, args.ema_warmup) if args.use_ema else None
+    ema2 = EMA(nets.gen2, args.ema_decay, args.ema_warmup) if args.use_ema else None
     return Optimisers(opt_g1, opt_g2, opt_d, schedulers, ema1, ema2)
 
 
