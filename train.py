@@ -95,6 +95,8 @@ def check_options(args: Namespace) -> None:
         raise UserError(f"--ema_decay must lie in [0, 1), got {args.ema_decay}")
     if args.ema_warmup and not args.use_ema:
         raise UserError("--ema_warmup only changes the EMA: add --use_ema (or drop --ema_warmup)")
+    if args.lr_warmup_steps < 0:
+        raise UserError(f"--lr_warmup_steps must be 0 (no warm-up) or a number of steps, got {args.lr_warmup_steps}")
     if args.num_workers < 0:
         raise UserError(f"--num_workers must be 0 or more, got {args.num_workers}")
 

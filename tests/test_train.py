@@ -463,6 +463,35 @@ def test_ema_warmup_uses_the_growing_decay_and_survives_a_reload():
     assert twin.current_decay() == 0.99
 
 
+def test_lr_warmup_shrinks_the_first_updates_and_leaves_the_schedule(data, tmp_path, one_thread):
+    """--lr_warmup_steps 4: step 0 moves every weight a quarter as far as without it (Adam's first update is
+    proportional to the rate); the optimisers' rates are the schedule's again afterwards."""
+    assert [training.warmup_factor(n, 4) for n in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert training.warmup_factor(0, 0) == 1.0
+    args = tiny_args(data, tmp_path)
+    train.seed_everything(0)
+    plain = train.build_networks(args, torch.device("cpu"))
+    warm = copy.deepcopy(plain)
+    before = {name: copy.deepcopy(net.state_dict()) for name, net in plain.named().items()}
+    items = [SliceDataset(data, "train", CONTRASTS, 64)[i] for i in range(2)]
+    batch = Batch(*(torch.stack([item[k] for item in items]) for k in range(4)))
+    diff = Diffusion(Diffusion_Coefficients(args), Posterior_Coefficients(args), args.num_timesteps)
+    warm_args = Namespace(**{**vars(args), "lr_warmup_steps": 4})
+    for nets, step_args in ((plain, args), (warm, warm_args)):
+        opts = build_optimisers(nets, step_args)
+        torch.manual_seed(5)
+        train_step(nets, opts, batch, diff, step_args, 0)
+        assert [opt.param_groups[0]["lr"] for opt in (opts.gen1, opts.gen2, opts.critic)] == [
+            args.lr_g, args.lr_g, args.lr_d]
+    for name in ("gen_diffusive_1", "gen_diffusive_2", "disc_diffusive_2"):
+        start, full, quarter = before[name], plain.named()[name].state_dict(), warm.named()[name].state_dict()
+        moved = torch.cat([(full[k] - start[k]).double().flatten() for k in start if start[k].is_floating_point()])
+        moved_warm = torch.cat([(quarter[k] - start[k]).double().flatten() for k in start
+                                if start[k].is_floating_point()])
+        assert moved.norm() > 0
+        assert abs(moved_warm.norm() / moved.norm() - 0.25) < 0.01, name
+
+
 def test_readme_command_passes_dry_run(tmp_path, capsys, monkeypatch):
     """The README's training command, unchanged, on a CPU-only machine: plan printed, nothing trained or written."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -511,6 +540,7 @@ def test_bad_inputs_fail_with_one_line(data, bad_data, tmp_path, run_a, monkeypa
     fails(argv(data, run_a["out"], "a"), "already holds a training run", "--resume", "--overwrite")
     fails(argv(data, out, "x", "--lazy_reg", "0"), "--lazy_reg")
     fails(argv(data, out, "x", "--ema_warmup"), "--ema_warmup", "--use_ema")
+    fails(argv(data, out, "x", "--lr_warmup_steps", "-1"), "--lr_warmup_steps", "number of steps")
     fails([*argv(data, out, "x"), "--device", "tpu"], "'tpu'")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     fails([*argv(data, out, "x"), "--device", "cuda"], "no CUDA GPU")

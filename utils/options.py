@@ -113,6 +113,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ema_warmup", action="store_true", default=False,
                    help="new: EMA update n uses min(ema_decay, (1+n)/(10+n)), so a short run's average does not "
                         "keep its first, blurred weights (only with --use_ema)")
+    g.add_argument("--lr_warmup_steps", type=int, default=0, metavar="N",
+                   help="new: scale every learning rate by (n+1)/N on the first N steps (0: off, the original)")
     g.add_argument("--r1_gamma", type=float, default=1.0, help="R1 penalty weight")
     g.add_argument("--lazy_reg", type=int, default=10, help="apply R1 every this many steps")
     g.add_argument("--save_content", action="store_true", default=True, help="save content.pth (always on)")

@@ -8,6 +8,7 @@ update is the same and only the wasted backward pass is gone (tests/test_train.p
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -15,7 +16,7 @@ import os
 from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -189,11 +190,37 @@ def generator_step(nets: Networks, opts: Optimisers, batch: Batch, diff: Diffusi
     return {"errG_adv": adv.detach(), "errG_L1": l1.detach(), "mask_loss": mask.detach(), "errG": err_g.detach()}
 
 
+def warmup_factor(global_step: int, warmup_steps: int) -> float:
+    """Learning-rate multiplier of step `global_step` (0-based) under a linear warm-up of `warmup_steps` steps."""
+    return min(1.0, (global_step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+@contextlib.contextmanager
+def scaled_learning_rates(optimisers: Sequence[torch.optim.Optimizer], factor: float) -> Iterator[None]:
+    """Multiply every learning rate by `factor` inside the block and restore it after, so the epoch schedulers
+    (which read the rate back) never see the warm-up."""
+    if factor == 1.0:
+        yield
+        return
+    saved = [[group["lr"] for group in opt.param_groups] for opt in optimisers]
+    for opt in optimisers:
+        for group in opt.param_groups:
+            group["lr"] = group["lr"] * factor
+    try:
+        yield
+    finally:
+        for opt, rates in zip(optimisers, saved):
+            for group, rate in zip(opt.param_groups, rates):
+                group["lr"] = rate
+
+
 def train_step(nets: Networks, opts: Optimisers, batch: Batch, diff: Diffusion, args: Namespace,
                global_step: int) -> torch.Tensor:
     """Critic step then generator step; returns the loss terms as one tensor in LOSS_NAMES order (NaN: no R1)."""
-    losses = critic_step(nets, opts.critic, batch, diff, args, apply_r1=global_step % args.lazy_reg == 0)
-    losses.update(generator_step(nets, opts, batch, diff, args))
+    factor = warmup_factor(global_step, args.lr_warmup_steps)
+    with scaled_learning_rates((opts.gen1, opts.gen2, opts.critic), factor):
+        losses = critic_step(nets, opts.critic, batch, diff, args, apply_r1=global_step % args.lazy_reg == 0)
+        losses.update(generator_step(nets, opts, batch, diff, args))
     return torch.stack([losses[name].float() for name in LOSS_NAMES])
 
 
