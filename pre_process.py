@@ -4,8 +4,8 @@
 
 writes <output>/<split>/<CONTRAST>.npy (float32, N x size x size, in [0, 1]), brain_mask.npy, lesion_mask.npy
 (uint8), manifest.csv (which case and axial slice every row came from) and preprocess.json, with the original
-recipe: per volume 1st/99th percentile clip of the voxels > 0 and min-max to [0, 1], the middle --slices axial
-slices, scikit-image resize to --size. Layouts (utils/layouts.py): brats (a folder per case, files named as in
+recipe: per volume 1st/99th percentile clip of the voxels > 0 and min-max to [0, 1] (--normalize median, new:
+anchored at the brain median instead), the middle --slices axial slices, scikit-image resize to --size. Layouts (utils/layouts.py): brats (a folder per case, files named as in
 BraTS 2019/2021, <case>_t1/_t1ce/_t2/_flair/_seg.nii[.gz], or BraTS 2023+, <case>-t1n/-t1c/-t2w/-t2f/-seg.nii.gz,
 recognised per case; brats2019, brats2021, brats2023 accept one scheme), isles (ISLES 2015 SISS: numbered case
 folders with VSD.Brain.XX.O.MR_* and .OT. volumes) and folders (one folder per contrast, volumes paired by sorted
@@ -18,7 +18,7 @@ from typing import Sequence
 
 from utils.errors import run_cli
 from utils.layouts import LAYOUTS
-from utils.preprocessing import preprocess
+from utils.preprocessing import DEFAULT_NORMALIZATION, NORMALIZATIONS, preprocess
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="contrasts to write (default: brats T1 T1ce T2 FLAIR, isles T1 T2 DWI FLAIR, folders all)")
     p.add_argument("--slices", type=int, default=80, help="middle axial slices taken per volume")
     p.add_argument("--size", type=int, default=256, help="slices are resized to SIZE x SIZE")
+    p.add_argument("--normalize", choices=NORMALIZATIONS, default=DEFAULT_NORMALIZATION,
+                   help="intensity scale per volume: percentile = the original's 1st/99th percentile clip; median "
+                        "(new) = brain median at 0.2, so a large enhancing rim cannot darken the rest of the volume")
     p.add_argument("--no-labels", action="store_true", help="ignore lesion labels (no lesion_mask.npy)")
     p.add_argument("--workers", type=int, default=1, help="processes working on cases in parallel")
     p.add_argument("--overwrite", action="store_true", help="replace existing arrays in --output")

@@ -29,6 +29,7 @@ from utils.inference import (OUTPUT_DIR_NAME, Experiment, Synthesis, configure, 
                              make_parser, seed_everything, synthesize)
 from utils.nifti import case_name, find_case_files, synthesize_volume
 from utils.options import experiment_dir
+from utils.preprocessing import data_normalization
 
 # Output name -> (PNG folder, .npy stack), both relative to generated_samples/.
 OUTPUTS = {
@@ -133,6 +134,12 @@ def synth_to_original(sample: torch.Tensor, height_width: tuple[int, int]) -> np
 def open_split(args: argparse.Namespace) -> SliceDataset:
     """The preprocessed split to synthesise (checked now, before any weights are loaded), with masks if present."""
     root = Path(args.input_path)
+    # A baseline fits on the training split, so that split must share the scale of the one it predicts.
+    made_with = data_normalization(root, ["train", args.split] if args.baseline else [args.split])
+    if not args.baseline and made_with != args.normalize:
+        raise UserError(f"{root / args.split} was preprocessed with --normalize {made_with}, but {args.exp} was "
+                        f"trained on --normalize {args.normalize} data; rerun pre_process.py with --normalize "
+                        f"{args.normalize} for this split")
     with_masks = find_array(root / args.split, BRAIN_MASK) is not None
     return SliceDataset(root, args.split, args.contrasts, image_size=args.image_size, with_masks=with_masks)
 

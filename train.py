@@ -42,6 +42,7 @@ from utils.options import (DATA_KEYS, DIFFUSION_KEYS, MODEL_KEYS, add_config_arg
                            add_model_args, add_run_args, add_speed_args, add_train_control_args, add_training_args,
                            experiment_dir, parse_with_config, save_config)
 from utils.plots import plot_curves, save_sample_grid
+from utils.preprocessing import data_normalization
 from utils.training import (LOSS_NAMES, VAL_NAMES, Batch, CsvLog, Diffusion, Networks, build_optimisers,
                             step_schedulers, train_step, validate, validation_batches)
 
@@ -104,6 +105,8 @@ def check_options(args: Namespace) -> None:
 def check_data(args: Namespace, contrasts: list[str], world_size: int) -> tuple[tuple, tuple, int]:
     """Shapes of the train and val splits and the steps per epoch; UserError when the batch cannot be filled."""
     shapes = check_dataset(args.input_path, ["train", "val"], contrasts, args.image_size)
+    # Kept with the options (config.json, content.pth) so that test.py prepares new data on the same scale.
+    args.normalize = data_normalization(args.input_path, ["train", "val"])
     train_slices = shapes["train"][0]
     per_process = -(-train_slices // world_size)  # the distributed sampler pads up to equal shares
     steps = per_process // args.batch_size

@@ -144,6 +144,23 @@ def test_epoch_picks_the_numbered_files(workspace: Path, tmp_path: Path) -> None
     assert np.abs(by_epoch - default).max() > 1e-3
 
 
+def test_test_split_must_have_the_training_data_scale(workspace: Path, tmp_path: Path) -> None:
+    """An experiment trained on --normalize median data refuses a split made with the original scale, and takes one
+    made with median."""
+    exp_dir = workspace / "results" / "exp_median"
+    save_tiny_experiment(exp_dir)
+    config = json.loads((exp_dir / "config.json").read_text())
+    (exp_dir / "config.json").write_text(json.dumps({**config, "normalize": "median"}))
+    with pytest.raises(UserError, match="preprocessed with --normalize percentile, but exp_median was trained on "
+                                        "--normalize median data"):
+        run(workspace, "exp_median", "--limit", "1")
+    (workspace / "BRATS" / "test" / "preprocess.json").write_text(json.dumps({"normalize": "median"}))
+    try:
+        assert (run(workspace, "exp_median", "--limit", "1") / "synth.npy").is_file()
+    finally:
+        (workspace / "BRATS" / "test" / "preprocess.json").unlink()
+
+
 def test_missing_epoch_is_a_one_line_error_listing_the_saved_ones(workspace: Path) -> None:
     """An epoch that was not saved names the ones that were."""
     with pytest.raises(UserError, match=r"gen_diffusive_1_9\.pth not found.*epochs saved there: 5"):

@@ -111,6 +111,34 @@ def test_case_folder_and_default_output(volume_run: dict) -> None:
     assert nib.load(out).shape == SHAPE
 
 
+def test_volumes_are_normalised_as_the_training_data_was(volume_run: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An experiment whose config.json records --normalize median data prepares every condition with median."""
+    import json
+
+    import utils.nifti as nifti
+
+    root = volume_run["root"]
+    exp_dir = root / "results" / "exp_median"
+    save_tiny_experiment(exp_dir)
+    config = json.loads((exp_dir / "config.json").read_text())
+    (exp_dir / "config.json").write_text(json.dumps({**config, "normalize": "median"}))
+    methods = []
+
+    def recording(vol, name="volume", dtype=np.float32, method="percentile"):
+        methods.append(method)
+        return normalize_volume(vol, name, dtype, method)
+
+    monkeypatch.setattr(nifti, "normalize_volume", recording)
+    outputs = {}
+    for exp in ("exp_brats", "exp_median"):
+        out = root / f"{exp}.nii.gz"
+        test_script.main(["--case", str(root / "case"), "--exp", exp, "--output_path", str(root / "results"),
+                          "--out", str(out), "--seed", "1"])
+        outputs[exp] = nib.load(out).get_fdata()
+    assert methods == ["percentile"] * 3 + ["median"] * 3
+    assert np.abs(outputs["exp_brats"] - outputs["exp_median"]).max() > 1e-3
+
+
 def test_find_case_files_is_case_insensitive_and_strict(tmp_path: Path) -> None:
     """Contrast names match any capitalisation; a missing contrast is a one-line error."""
     for name in ("Case_FLAIR.nii.gz", "Case_t1.nii", "Case_T1ce.nii.gz", "Case_seg.nii.gz"):

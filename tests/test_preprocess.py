@@ -107,6 +107,48 @@ def test_brats_output_follows_the_original_recipe(brats_root: Path, brats_out: P
             np.testing.assert_array_equal(arrays["FLAIR"][rows], expected)
 
 
+def _tissue_with_bright_region(fraction: float) -> np.ndarray:
+    """A volume of tissue around 100 whose brightest `fraction` of voxels (a 'rim') sits at 400."""
+    rng = np.random.default_rng(3)
+    vol = rng.normal(100, 10, (40, 40, 40))
+    vol.flat[: int(fraction * vol.size)] = 400
+    return vol
+
+
+def test_median_normalization_is_not_moved_by_a_bright_region() -> None:
+    """--normalize median: the median sits at 0.2 whatever the rim's size; the original's percentile scale does not."""
+    small, large = _tissue_with_bright_region(0.003), _tissue_with_bright_region(0.03)
+    tissue = slice(len(small.flat) // 2, None)  # voxels that are tissue in both volumes
+
+    def tissue_mean(vol: np.ndarray, method: str) -> float:
+        return float(preprocessing.normalize_volume(vol, method=method).flat[tissue].mean())
+
+    assert tissue_mean(large, "percentile") < 0.5 * tissue_mean(small, "percentile")
+    assert abs(tissue_mean(large, "median") - tissue_mean(small, "median")) < 0.01
+    norm = preprocessing.normalize_volume(small, method="median")
+    assert abs(np.median(norm) - 1 / preprocessing.MEDIAN_SPAN) < 1e-6 and norm.min() == 0 and norm.max() == 1
+
+
+def test_normalize_median_is_written_and_read_back(brats_root: Path, brats_out: Path, tmp_path: Path) -> None:
+    """pre_process.py --normalize median: arrays follow the median recipe, preprocess.json says so."""
+    out = tmp_path / "median"
+    _run(brats_root / "cases", out, brats_root / "splits", "--normalize", "median")
+    case = SPLITS["train"][0]
+    vol = nib.load(str(brats_root / "cases" / case / f"{case}_t1ce.nii.gz")).get_fdata()
+    low, median = np.percentile(vol[vol > 0], [1, 50])
+    high = low + preprocessing.MEDIAN_SPAN * (median - low)
+    start = (vol.shape[2] - SLICES) // 2
+    expected = [resize((np.clip(vol[:, :, k], low, high) - low) / (high - low), (OUT_SIZE, OUT_SIZE),
+                       mode="constant", anti_aliasing=True) for k in range(start, start + SLICES)]
+    np.testing.assert_allclose(np.load(out / "train" / "T1ce.npy")[:SLICES], np.stack(expected), atol=1e-6)
+    assert preprocessing.split_normalization(out / "train") == "median"
+    assert preprocessing.split_normalization(brats_out / "train") == "percentile"
+    assert preprocessing.split_normalization(tmp_path) == "percentile"  # no preprocess.json: user-made arrays
+    (tmp_path / "preprocess.json").write_text('{"normalize": "zscore"}')
+    with pytest.raises(UserError, match="unknown normalize 'zscore'"):
+        preprocessing.split_normalization(tmp_path)
+
+
 def test_manifest_and_split_membership(brats_out: Path) -> None:
     """manifest.csv traces each row to its case and axial slice; each split holds exactly its listed cases."""
     start = (DEPTH - SLICES) // 2

@@ -135,6 +135,7 @@ def test_an_epoch_writes_every_output_file(run_a):
     assert config["contrasts"] == list(CONTRASTS) and config["target"] == "T1ce"
     assert config["contrast_order"] == list(CONTRASTS) and config["image_size"] == 64
     assert config["num_channels_dae"] == 16 and config["world_size"] == 1
+    assert config["normalize"] == "percentile"  # arrays without preprocess.json: the original's scale
     content = read_checkpoint(folder / "content.pth")
     assert {"epoch", "global_step", "args", "gen_diffusive_1_dict", "gen_diffusive_2_dict", "disc_diffusive_2_dict",
             "att_conv_dict", "optimizer_gen_diffusive_1", "optimizer_gen_diffusive_2", "optimizer_disc_diffusive_2",
@@ -490,6 +491,19 @@ def test_lr_warmup_shrinks_the_first_updates_and_leaves_the_schedule(data, tmp_p
                                 if start[k].is_floating_point()])
         assert moved.norm() > 0
         assert abs(moved_warm.norm() / moved.norm() - 0.25) < 0.01, name
+
+
+def test_the_data_scale_is_recorded_and_must_be_one(data, tmp_path):
+    """train.py keeps the --normalize of its data (preprocess.json) with the options; mixed splits are refused."""
+    copy_ = shutil.copytree(data, tmp_path / "data")
+    for split in ("train", "val"):
+        (copy_ / split / "preprocess.json").write_text(json.dumps({"normalize": "median"}))
+    args = train.build_parser().parse_args(argv(copy_, tmp_path / "out", "m"))
+    train.prepare(args)
+    assert args.normalize == "median"
+    (copy_ / "val" / "preprocess.json").unlink()
+    with pytest.raises(UserError, match="train with --normalize median, val with --normalize percentile"):
+        train.prepare(train.build_parser().parse_args(argv(copy_, tmp_path / "out", "m")))
 
 
 def test_readme_command_passes_dry_run(tmp_path, capsys, monkeypatch):

@@ -24,6 +24,7 @@ from utils.fast import SpeedOptions, fast_sample, prepare_generators, prepare_pr
 from utils.options import (DATA_KEYS, DIFFUSION_KEYS, MODEL_KEYS, add_compat_test_args, add_data_args,
                            add_diffusion_args, add_model_args, add_run_args, add_speed_args, apply_config,
                            experiment_dir, load_config)
+from utils.preprocessing import DEFAULT_NORMALIZATION
 
 GENERATOR_NAMES = ("gen_diffusive_1", "gen_diffusive_2")
 CONTENT_NAME = "content.pth"
@@ -148,6 +149,8 @@ def configure(args: argparse.Namespace, parser: argparse.ArgumentParser | None =
         apply_config(args, config, parser, keys=MODEL_KEYS + DIFFUSION_KEYS)
         # The networks only make sense for the contrast order they were trained on, so a config's order wins.
         apply_config(args, config, parser, keys=DATA_KEYS)
+    # Runs from before train.py recorded their data's scale, and the published weights, used the original's.
+    args.normalize = config.get("normalize", DEFAULT_NORMALIZATION) if config else DEFAULT_NORMALIZATION
     args.contrasts = resolve_contrasts(args.dataset, args.target, args.contrasts)
     return config
 

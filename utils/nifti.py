@@ -1,9 +1,9 @@
 """Whole-volume synthesis: three conditioning NIfTI volumes in, the target contrast out as NIfTI.
 
-Each conditioning volume is prepared exactly as pre_process.py prepares training data (percentile normalisation of
-the whole volume, every axial slice, i.e. along the third voxel axis, resized to the model's size), every slice that
-holds brain is synthesised, and the result is mapped back (transposition, padding and resizing undone) into a volume
-with the input's shape, affine and header. Intensities of the output are the model's normalised [0, 1] scale (the
+Each conditioning volume is prepared exactly as pre_process.py prepared the experiment's training data (the whole
+volume normalised with the --normalize of that data, config.json's "normalize"; every axial slice, i.e. along the
+third voxel axis, resized to the model's size), every slice that holds brain is synthesised, and the result is mapped
+back (transposition, padding and resizing undone) into a volume with the input's shape, affine and header. Intensities of the output are the model's normalised [0, 1] scale (the
 scale pre_process.py gives the training targets), stored as float32; voxels outside the brain are 0.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from utils.data import canonical_contrast, from_model_space, to_model_space
 from utils.errors import UserError
 from utils.fileio import atomic_path
 from utils.inference import Experiment, synthesize
-from utils.preprocessing import load_volume_and_image, normalize_volume, resize_slices
+from utils.preprocessing import DEFAULT_NORMALIZATION, load_volume_and_image, normalize_volume, resize_slices
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -103,10 +103,10 @@ def brain_mask(volumes: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def volume_to_model_slices(volume: np.ndarray, slice_indices: Sequence[int], image_size: int,
-                           name: str = "volume") -> torch.Tensor:
-    """Normalise a volume as pre_process.py does and give the chosen axial slices in model space (n, 1, S, S)."""
+                           name: str = "volume", method: str = DEFAULT_NORMALIZATION) -> torch.Tensor:
+    """Normalise a volume as pre_process.py --normalize `method` does; the chosen axial slices in model space."""
     # float64 until after the resize, then float32: the arithmetic of the preprocessed training arrays.
-    normalised = normalize_volume(volume, name, dtype=np.float64)
+    normalised = normalize_volume(volume, name, dtype=np.float64, method=method)
     axial = np.moveaxis(normalised, 2, 0)[list(slice_indices)]
     return to_model_space(resize_slices(axial, image_size).astype(np.float32), image_size)
 
@@ -163,7 +163,8 @@ def synthesize_case(exp: Experiment, cond_paths: Sequence[str | Path], batch_siz
     brain_slices = [int(k) for k in np.flatnonzero(mask.any(axis=(0, 1)))]
     chosen = brain_slices if slice_indices is None else [int(k) for k in slice_indices]
     size = exp.args.image_size
-    conds = [volume_to_model_slices(v, chosen, size, f"--cond{i + 1}") for i, v in enumerate(volumes)]
+    conds = [volume_to_model_slices(v, chosen, size, f"--cond{i + 1}", exp.args.normalize)
+             for i, v in enumerate(volumes)]
     # Everything is collected in model space [-1, 1] so one inverse (from_model_space) maps it back; the
     # uncertainty maps are [0, 1] quantities, hence the 2m − 1.
     outputs: dict[str, list[torch.Tensor]] = {"synth": [], "disagreement": [], "critic": []}

@@ -26,7 +26,8 @@ MODEL_KEYS = (
     "not_use_tanh", "nz", "z_emb_dim", "t_emb_dim", "ngf",
 )
 DIFFUSION_KEYS = ("num_timesteps", "beta_min", "beta_max", "use_geometric")
-DATA_KEYS = ("dataset", "target", "contrasts")
+# "normalize" is not an option: train.py records the --normalize of its data (preprocess.json) with them.
+DATA_KEYS = ("dataset", "target", "contrasts", "normalize")
 CONFIG_NAME = "config.json"
 
 

@@ -32,6 +32,16 @@ from utils.layouts import LABEL, Case, choose_contrasts, plan_splits
 INFO = "preprocess.json"
 LOW_PERCENTILE = 1.0
 HIGH_PERCENTILE = 99.0
+# --normalize: "percentile" is the original's recipe; "median" (new) anchors the scale at the brain median.
+NORMALIZATIONS = ("percentile", "median")
+DEFAULT_NORMALIZATION = "percentile"
+# With "median" the top of the range sits this many (median - 1st percentile) above the 1st percentile, so the median
+# lands at 1/5 and only voxels brighter than five times the typical tissue contrast saturate.
+MEDIAN_SPAN = 5.0
+RECIPES = {
+    "percentile": "clip to 1st/99th percentile of voxels > 0, min-max to [0,1]",
+    "median": f"clip to [p1, p1 + {MEDIAN_SPAN:g} (median - p1)] of voxels > 0 (p1: 1st percentile), scaled to [0,1]",
+}
 
 
 def open_nifti(path: str | os.PathLike, what: str) -> nib.spatialimages.SpatialImage:
@@ -102,13 +112,23 @@ def check_volume(vol: np.ndarray, name: str) -> None:
                         "leave the case out of the split")
 
 
-def normalize_volume(vol: np.ndarray, name: str = "volume", dtype: type = np.float32) -> np.ndarray:
-    """Clip the whole volume to the 1st/99th percentiles of its voxels > 0, then min-max it to [0, 1]."""
+def normalize_volume(vol: np.ndarray, name: str = "volume", dtype: type = np.float32,
+                     method: str = DEFAULT_NORMALIZATION) -> np.ndarray:
+    """Clip the whole volume to [low, high] from its voxels > 0 (RECIPES[method]) and map that range to [0, 1].
+
+    The original's 99th percentile moves with the size of the brightest structure: where an enhancing rim covers
+    more than 1 % of the brain it lands inside the rim and the rest of the T1ce comes out darker (README, Quality).
+    The median cannot be moved by a lesion that small, and its scale is fixed: no min-max stretch afterwards."""
     vol = np.asarray(vol, dtype=np.float64)
     check_volume(vol, name)
-    low, high = np.percentile(vol[vol > 0], [LOW_PERCENTILE, HIGH_PERCENTILE])
-    clipped = np.clip(vol, low, high)
-    lo, hi = clipped.min(), clipped.max()
+    if method == "median":
+        low, median = np.percentile(vol[vol > 0], [LOW_PERCENTILE, 50.0])
+        lo, hi = low, low + MEDIAN_SPAN * (median - low)
+        clipped = np.clip(vol, lo, hi)
+    else:
+        # The original min-maxes the clipped volume; its extremes are the two percentiles.
+        clipped = np.clip(vol, *np.percentile(vol[vol > 0], [LOW_PERCENTILE, HIGH_PERCENTILE]))
+        lo, hi = clipped.min(), clipped.max()
     if hi <= lo:
         raise UserError(f"{name} has a single intensity above zero (no contrast to normalise); check the file")
     return ((clipped - lo) / (hi - lo)).astype(dtype, copy=False)
@@ -152,11 +172,12 @@ def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def volume_to_slices(vol: np.ndarray, count: int, size: int, name: str = "volume") -> tuple[np.ndarray, range]:
+def volume_to_slices(vol: np.ndarray, count: int, size: int, name: str = "volume",
+                     method: str = DEFAULT_NORMALIZATION) -> tuple[np.ndarray, range]:
     """Whole recipe for one volume: normalise, take the middle `count` axial slices, resize; float32 (N, S, S)."""
     index = middle_slices(vol.shape[2], count, name)
     # Normalise in float64 and resize before the float32 cast, as the original's arithmetic did.
-    norm = normalize_volume(vol, name, dtype=np.float64)
+    norm = normalize_volume(vol, name, dtype=np.float64, method=method)
     stack = np.moveaxis(norm[:, :, index.start:index.stop], 2, 0)
     return resize_slices(stack, size).astype(np.float32), index
 
@@ -216,6 +237,7 @@ class CaseJob:
     slices: int
     size: int
     use_label: bool
+    normalize: str = DEFAULT_NORMALIZATION
 
 
 def load_label(path: Path, what: str) -> np.ndarray:
@@ -237,7 +259,8 @@ def process_case(job: CaseJob) -> dict:
         raise UserError(f"case {case.case_id}: volumes have different shapes ({shapes}); resample them onto one grid")
     images, index = {}, None
     for name, vol in raw.items():
-        images[name], index = volume_to_slices(vol, job.slices, job.size, f"case {case.case_id} {name}")
+        images[name], index = volume_to_slices(vol, job.slices, job.size, f"case {case.case_id} {name}",
+                                                job.normalize)
     brain = np.zeros(next(iter(shapes.values())), dtype=bool)
     for vol in raw.values():
         brain |= vol != 0
@@ -297,8 +320,9 @@ def _info(args: argparse.Namespace, split: str, cases: list[Case], contrasts: Se
             "input": str(Path(args.input).resolve()), "split": split,
             "contrasts": list(contrasts), "slices_per_case": args.slices, "size": args.size,
             "cases": [c.case_id for c in cases], "lesion_mask": lesion,
-            "recipe": "per volume: clip to 1st/99th percentile of voxels > 0, min-max to [0,1]; middle axial slices "
-                      "(depth - slices) // 2 onwards; skimage resize(mode='constant', anti_aliasing=True)"}
+            "normalize": args.normalize,
+            "recipe": f"per volume: {RECIPES[args.normalize]}; middle axial slices (depth - slices) // 2 onwards; "
+                      "skimage resize(mode='constant', anti_aliasing=True)"}
     return json.dumps(info, indent=2) + "\n"
 
 
@@ -331,7 +355,7 @@ def write_splits(args: argparse.Namespace, plan: dict[str, list[Case]], contrast
     """Process every case and write all splits; files appear (renamed from temporaries) only if all succeed."""
     out = Path(args.output)
     created = [d for d in [out] + [out / s for s in plan] if not d.exists()]
-    jobs = [CaseJob(case, tuple(contrasts), args.slices, args.size, lesion[split])
+    jobs = [CaseJob(case, tuple(contrasts), args.slices, args.size, lesion[split], args.normalize)
             for split, cases in plan.items() for case in cases]
     owners = [(split, pos) for split, cases in plan.items() for pos in range(len(cases))]
     manifests: dict[str, list[tuple[int, str, int]]] = {split: [] for split in plan}
@@ -392,3 +416,28 @@ def preprocess(args: argparse.Namespace) -> dict[str, int]:
         print(f"{out / split}: {len(cases)} case{plural} x {args.slices} slices = {counts[split]} slices of "
               f"{args.size}x{args.size}, {', '.join(contrasts)} + brain mask{extra}")
     return counts
+
+
+def split_normalization(folder: str | os.PathLike) -> str:
+    """The --normalize a preprocessed split folder was made with (its preprocess.json; none: the original's)."""
+    path = Path(folder) / INFO
+    if not path.is_file():
+        return DEFAULT_NORMALIZATION
+    try:
+        method = json.loads(path.read_text()).get("normalize", DEFAULT_NORMALIZATION)
+    except (ValueError, OSError, AttributeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}); rerun pre_process.py or delete the file") from err
+    if method not in NORMALIZATIONS:
+        raise UserError(f"{path}: unknown normalize {method!r} (known: {', '.join(NORMALIZATIONS)}); rerun "
+                        "pre_process.py")
+    return method
+
+
+def data_normalization(root: str | os.PathLike, splits: Sequence[str]) -> str:
+    """The --normalize shared by the given splits of a preprocessed dataset; UserError when they differ."""
+    methods = {split: split_normalization(Path(root) / split) for split in splits}
+    if len(set(methods.values())) > 1:
+        made = ", ".join(f"{split} with --normalize {m}" for split, m in methods.items())
+        raise UserError(f"{root}: the splits were preprocessed differently ({made}); rerun pre_process.py for all "
+                        "of them with one --normalize")
+    return methods[splits[0]]
