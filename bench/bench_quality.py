@@ -2,12 +2,13 @@
 
     python bench/bench_quality.py --steps 480 --threads 2
 
-Makes phantom cases with demo/make_sample_data.py, preprocesses them, trains the small-budget recipe
-(configs/quickstart.json unless --config) for about --steps generator steps, synthesises the held-out test split with
-the epoch of best validation score (the recipe's --best_metric) and with the last epoch, fits both baselines
-(test.py --baseline linear and quadratic) on the training split, and scores all four with every protocol. It draws
-the learning curve (validation PSNR and SSIM per epoch, the baselines' validation scores as lines) and writes
-everything to --out (bench/results/quality/ by default): quality.json, learning_curve.png and the runs themselves.
+Makes phantom cases with demo/make_sample_data.py, preprocesses them (--normalize median unless told), trains the
+small-budget recipe (configs/quickstart.json unless --config) for about --steps generator steps, synthesises the
+held-out test split with the epoch of best validation score (the recipe's --best_metric) and with the last epoch,
+fits both baselines (test.py --baseline linear and quadratic) on the training split, and scores all four with every
+protocol. It draws the learning curve (validation PSNR and SSIM per epoch, the baselines' validation scores as
+lines) and writes everything to --out (bench/results/quality/ by default): quality.json, learning_curve.png and the
+runs themselves.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from utils.errors import UserError, run_cli  # noqa: E402
 from utils.fileio import save_json  # noqa: E402
 from utils.metrics import plain_metrics, summarize_values  # noqa: E402
 from utils.options import CONFIG_NAME  # noqa: E402
+from utils.preprocessing import NORMALIZATIONS  # noqa: E402
 from utils.quality import ROOT, as_json, comparison_table, max_swing, run_step, score_folder  # noqa: E402
 
 EXP = "quality"
@@ -51,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cases", type=int, default=12, help="phantom cases (split about 65/15/20 %%)")
     parser.add_argument("--slices", type=int, default=24, help="middle axial slices per case")
     parser.add_argument("--seed", type=int, default=100, help="seed of the first phantom case")
+    parser.add_argument("--normalize", choices=NORMALIZATIONS, default="median",
+                        help="pre_process.py --normalize (the recipe: median; percentile is the original's scale)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for training and synthesis")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     return parser
@@ -128,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                     "--skull-strip", "--overwrite"])}
     timings["preprocess"] = run_step("preprocessing", "pre_process.py",
                                      ["--layout", "brats", "--input", cases, "--split-file", cases / "splits",
-                                      "--output", slices, "--slices", args.slices, "--size", 64, "--overwrite"])
+                                      "--output", slices, "--slices", args.slices, "--size", 64,
+                                      "--normalize", args.normalize, "--overwrite"])
     train_slices = len(np.load(slices / "train" / "T1ce.npy", mmap_mode="r"))
     epochs, per_epoch = epochs_for(args.steps, train_slices, int(recipe_value(config, "batch_size")))
     timings["train"] = run_step(f"training {epochs} epochs of {per_epoch} steps", "train.py",
@@ -160,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "command": "python bench/bench_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "threads": args.threads, "device": args.device},
-        "recipe": json.loads(config.read_text()), "epochs": epochs, "steps": epochs * per_epoch,
+        "recipe": json.loads(config.read_text()), "normalize": args.normalize, "epochs": epochs, "steps": epochs * per_epoch,
         "train_slices": train_slices, "test_slices": len(np.load(folders["MU-Diff (last epoch)"] / "real.npy")),
         "seconds": {**{k: round(v, 1) for k, v in timings.items()}, "total": round(time.time() - started, 1)},
         "validation": {**val, "best_epoch": best, "baselines": lines,

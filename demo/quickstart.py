@@ -1,7 +1,7 @@
 """The whole MU-Diff pipeline on built-in phantom data, on a CPU, in a few minutes.
 
-Generates phantom cases, preprocesses them, trains a small model with the small-budget recipe
-(configs/quickstart.json), synthesises the test slices with the epoch of best validation score (SSIM in the recipe),
+Generates phantom cases, preprocesses them (on the brain-median intensity scale, pre_process.py --normalize median),
+trains a small model with the small-budget recipe (configs/quickstart.json), synthesises the test slices with the epoch of best validation score (SSIM in the recipe),
 fits the per-pixel linear baseline on the training split, scores both with metric_calc.py's protocols and draws a
 figure; then prints where everything went and the model next to the baseline. Every step is the same command a
 user would type.
@@ -19,6 +19,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from utils.errors import UserError, run_cli  # noqa: E402
+from utils.preprocessing import NORMALIZATIONS  # noqa: E402
 from utils.quality import comparison_table, run_step, score_folder  # noqa: E402
 
 EXP = "quickstart"
@@ -36,6 +37,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run (CI): 5 cases, 8 slices, 1 epoch; the numbers mean nothing")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--normalize", choices=NORMALIZATIONS, default="median",
+                        help="pre_process.py --normalize: median (the recipe) or percentile (the original's scale)")
     args = parser.parse_args(argv)
     if args.quick:
         args.cases, args.slices, args.epochs = 5, 8, 1
@@ -81,9 +84,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.time()
     run_step("1/6 phantom cases (BraTS layout, skull-stripped)", "demo/make_sample_data.py",
              ["--out", cases, "--cases", args.cases, "--size", 96, "--skull-strip", "--overwrite"])
-    run_step("2/6 preprocessing (percentile clip, middle slices, resize)", "pre_process.py",
+    run_step(f"2/6 preprocessing ({args.normalize} intensity scale, middle slices, resize)", "pre_process.py",
              ["--layout", "brats", "--input", cases, "--split-file", cases / "splits", "--output", slices,
-              "--slices", args.slices, "--size", 64, "--overwrite"])
+              "--slices", args.slices, "--size", 64, "--normalize", args.normalize, "--overwrite"])
     epochs = ["--num_epoch", args.epochs] if args.epochs else []
     run_step("3/6 training MU-Diff (FLAIR, T2, T1 -> T1ce) with the small-budget recipe", "train.py",
              ["--config", RECIPE.relative_to(ROOT), "--input_path", slices, "--output_path", results, "--exp", EXP,
