@@ -127,6 +127,9 @@ def test_median_normalization_is_not_moved_by_a_bright_region() -> None:
     assert abs(tissue_mean(large, "median") - tissue_mean(small, "median")) < 0.01
     norm = preprocessing.normalize_volume(small, method="median")
     assert abs(np.median(norm) - 1 / preprocessing.MEDIAN_SPAN) < 1e-6 and norm.min() == 0 and norm.max() == 1
+    flat = np.where(small > 105, small, 50.0)  # more than half the voxels at one low value: no median scale
+    with pytest.raises(UserError, match="--normalize median has no scale.*--normalize percentile"):
+        preprocessing.normalize_volume(flat, "case X T2", method="median")
 
 
 def test_normalize_median_is_written_and_read_back(brats_root: Path, brats_out: Path, tmp_path: Path) -> None:

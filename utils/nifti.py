@@ -3,8 +3,9 @@
 Each conditioning volume is prepared exactly as pre_process.py prepared the experiment's training data (the whole
 volume normalised with the --normalize of that data, config.json's "normalize"; every axial slice, i.e. along the
 third voxel axis, resized to the model's size), every slice that holds brain is synthesised, and the result is mapped
-back (transposition, padding and resizing undone) into a volume with the input's shape, affine and header. Intensities of the output are the model's normalised [0, 1] scale (the
-scale pre_process.py gives the training targets), stored as float32; voxels outside the brain are 0.
+back (transposition, padding and resizing undone) into a volume with the input's shape, affine and header.
+Intensities of the output are the model's normalised [0, 1] scale (the scale pre_process.py gives the training
+targets), stored as float32; voxels outside the brain are 0.
 """
 from __future__ import annotations
 

@@ -123,6 +123,9 @@ def normalize_volume(vol: np.ndarray, name: str = "volume", dtype: type = np.flo
     check_volume(vol, name)
     if method == "median":
         low, median = np.percentile(vol[vol > 0], [LOW_PERCENTILE, 50.0])
+        if median <= low:
+            raise UserError(f"{name}: half of its voxels above zero share its 1st-percentile intensity, so "
+                            "--normalize median has no scale to use; preprocess with --normalize percentile")
         lo, hi = low, low + MEDIAN_SPAN * (median - low)
         clipped = np.clip(vol, lo, hi)
     else:
