@@ -186,6 +186,7 @@ def test_report_says_what_was_done(dropped: dict, completed: dict, models: dict)
         assert row["experiment"] == str(models[target.lower()]) and row["conditions"] == " ".join(order[:3])
         assert int(row["slices"]) > DEPTH // 2
     assert report["models"]["T1ce"]["contrasts"] == list(ORDERS["t1ce"]) and report["seed"] == 1024
+    assert report["models"]["T1ce"]["normalize"] == "percentile"  # the tiny experiments record no scale
 
 
 def test_single_case_is_kept_then_redone_identically(dropped: dict, completed: dict, models: dict) -> None:

@@ -292,7 +292,8 @@ def _plan_completion(args: argparse.Namespace) -> tuple[list[tuple[Case, str]], 
 def _model_record(exp: Experiment) -> dict:
     """What the report says about one experiment."""
     return {"experiment": str(Path(exp.args.output_path) / exp.args.exp), "contrasts": exp.contrasts,
-            "checkpoints": [str(f) for f in exp.files], "num_timesteps": exp.args.num_timesteps}
+            "checkpoints": [str(f) for f in exp.files], "num_timesteps": exp.args.num_timesteps,
+            "normalize": exp.args.normalize}
 
 
 def _report(args: argparse.Namespace, experiments: dict[str, Experiment], rows: list[dict]) -> None:
@@ -302,9 +303,10 @@ def _report(args: argparse.Namespace, experiments: dict[str, Experiment], rows: 
     record = {"input": str(Path(args.input).resolve()), "out": str(out.resolve()), "seed": args.seed,
               "batch_size": args.batch_size, "device": str(device),
               "models": {t: _model_record(e) for t, e in experiments.items()},
-              "intensity": "synthesised volumes: float32 in [0, 1] on the model's normalised scale (1st-99th "
-                           "percentile of the voxels > 0 mapped to [0, 1]), 0 outside the brain; the acquired "
-                           "images are copied unchanged",
+              "intensity": "synthesised volumes: float32 in [0, 1] on the scale of the model's training data "
+                           "(models.<target>.normalize: percentile = 1st-99th percentile of the voxels > 0 mapped to "
+                           "[0, 1]; median = brain median at 0.2), 0 outside the brain; the acquired images are "
+                           "copied unchanged",
               "cases": rows}
     save_json(record, out / f"{REPORT_NAME}.json")
     save_text(_csv_text(rows), out / f"{REPORT_NAME}.csv")
