@@ -1,10 +1,10 @@
 """The whole MU-Diff pipeline on built-in phantom data, on a CPU, in a few minutes.
 
 Generates phantom cases, preprocesses them (on the brain-median intensity scale, pre_process.py --normalize median),
-trains a small model with the small-budget recipe (configs/quickstart.json), synthesises the test slices with the epoch of best validation score (SSIM in the recipe),
-fits the per-pixel linear baseline on the training split, scores both with metric_calc.py's protocols and draws a
-figure; then prints where everything went and the model next to the baseline. Every step is the same command a
-user would type.
+trains a small model with the small-budget recipe (configs/quickstart.json), synthesises the test slices with the
+epoch of best validation score (SSIM in the recipe), fits the per-pixel linear baseline on the training split,
+scores both with metric_calc.py's protocols and draws a figure; then prints where everything went and the model next
+to the baseline. Every step is the same command a user would type.
 """
 import argparse
 import sys

@@ -60,6 +60,14 @@ def save_json(obj: Any, path: str | os.PathLike) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def load_json(path: str | os.PathLike, advice: str) -> Any:
+    """The JSON value in `path`; a one-line UserError naming the file and giving `advice` when it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{path} is not valid JSON ({err}); {advice}") from err
+
+
 def save_text(text: str, path: str | os.PathLike) -> None:
     """Write `text` to `path` atomically."""
     with atomic_path(path) as tmp:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from utils.errors import UserError
-from utils.fileio import save_json
+from utils.fileio import load_json, save_json
 
 # Options that fix the networks' shapes and the diffusion process: a checkpoint is only usable with the same values,
 # so test.py takes them from the experiment's config.json.
@@ -279,10 +279,7 @@ def load_config(folder: str | os.PathLike) -> dict | None:
     path = Path(folder) / CONFIG_NAME
     if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise UserError(f"{path} is not valid JSON ({err}); delete it or restore it from the training run") from err
+    return load_json(path, "delete it or restore it from the training run")
 
 
 def apply_config(args: argparse.Namespace, config: dict, parser: argparse.ArgumentParser,

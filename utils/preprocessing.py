@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from utils.data import BRAIN_MASK, LESION_MASK, MANIFEST, MANIFEST_COLUMNS
 from utils.errors import UserError
-from utils.fileio import atomic_path
+from utils.fileio import atomic_path, load_json
 from utils.layouts import LABEL, Case, choose_contrasts, plan_splits
 
 INFO = "preprocess.json"
@@ -426,10 +426,8 @@ def split_normalization(folder: str | os.PathLike) -> str:
     path = Path(folder) / INFO
     if not path.is_file():
         return DEFAULT_NORMALIZATION
-    try:
-        method = json.loads(path.read_text()).get("normalize", DEFAULT_NORMALIZATION)
-    except (ValueError, OSError, AttributeError) as err:
-        raise UserError(f"{path} is not valid JSON ({err}); rerun pre_process.py or delete the file") from err
+    info = load_json(path, "rerun pre_process.py or delete the file")
+    method = info.get("normalize", DEFAULT_NORMALIZATION) if isinstance(info, dict) else None
     if method not in NORMALIZATIONS:
         raise UserError(f"{path}: unknown normalize {method!r} (known: {', '.join(NORMALIZATIONS)}); rerun "
                         "pre_process.py")
