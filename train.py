@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from backbones import build_critic, build_generators
 from utils.checkpoint import add_module_prefix, load_state, read_checkpoint
-from utils.data import SliceDataset, check_dataset, resolve_contrasts
+from utils.data import LESION_MASK, SliceDataset, check_dataset, find_array, resolve_contrasts
 from utils.diffusion import Diffusion_Coefficients, Posterior_Coefficients
 from utils.distributed import (LaunchPlan, ProcessLayout, all_reduce_mean, barrier, broadcast_module, close_group,
                                free_port, gather_objects, init_group, launched_by_torchrun, plan_launch,
@@ -100,6 +100,8 @@ def check_options(args: Namespace) -> None:
         raise UserError(f"--lr_warmup_steps must be 0 (no warm-up) or a number of steps, got {args.lr_warmup_steps}")
     if args.num_workers < 0:
         raise UserError(f"--num_workers must be 0 or more, got {args.num_workers}")
+    if args.lesion_l1_weight < 0:
+        raise UserError(f"--lesion_l1_weight must be 0 (plain L1) or more, got {args.lesion_l1_weight}")
 
 
 def check_data(args: Namespace, contrasts: list[str], world_size: int) -> tuple[tuple, tuple, int]:
@@ -107,6 +109,10 @@ def check_data(args: Namespace, contrasts: list[str], world_size: int) -> tuple[
     shapes = check_dataset(args.input_path, ["train", "val"], contrasts, args.image_size)
     # Kept with the options (config.json, content.pth) so that test.py prepares new data on the same scale.
     args.normalize = data_normalization(args.input_path, ["train", "val"])
+    train_dir = Path(args.input_path) / "train"
+    if args.lesion_l1_weight > 0 and find_array(train_dir, LESION_MASK) is None:
+        raise UserError(f"--lesion_l1_weight needs {train_dir / LESION_MASK}.npy, which pre_process.py writes when "
+                        "the cases have segmentations; give cases with seg files or drop the option")
     train_slices = shapes["train"][0]
     per_process = -(-train_slices // world_size)  # the distributed sampler pads up to equal shares
     steps = per_process // args.batch_size
@@ -250,7 +256,8 @@ class Trainer:
         self.args, self.plan, self.layout = args, plan, layout
         self.device = layout.device
         seed_everything(args.seed + layout.rank)
-        self.train_set = SliceDataset(args.input_path, "train", plan.contrasts, args.image_size)
+        self.train_set = SliceDataset(args.input_path, "train", plan.contrasts, args.image_size,
+                                      with_masks=args.lesion_l1_weight > 0)
         self.val_set = SliceDataset(args.input_path, "val", plan.contrasts, args.image_size)
         self.nets = build_networks(args, self.device)
         # Each rank was seeded differently (as in the original); rank 0's initial weights are everyone's.

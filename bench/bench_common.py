@@ -32,7 +32,7 @@ README_MODEL = dict(
     not_use_tanh=False, nz=100, z_emb_dim=256, t_emb_dim=256, ngf=64,
     num_timesteps=4, beta_min=0.1, beta_max=20.0, use_geometric=False,
     lr_g=1.6e-4, lr_d=1e-4, beta1=0.5, beta2=0.9, r1_gamma=1.0, lazy_reg=10, lambda_l1_loss=0.5,
-    lambda_mask_loss=0.1, lambda_adv=1.0, lr_warmup_steps=0,
+    lambda_mask_loss=0.1, lambda_adv=1.0, lr_warmup_steps=0, lesion_l1_weight=0.0,
 )
 # A small configuration for smoke runs (the reference fixtures' one: 64x64, two levels; nf stays 64 because the
 # original's generator 2 only builds with 64 base channels).

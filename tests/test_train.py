@@ -493,6 +493,43 @@ def test_lr_warmup_shrinks_the_first_updates_and_leaves_the_schedule(data, tmp_p
         assert abs(moved_warm.norm() / moved.norm() - 0.25) < 0.01, name
 
 
+def test_lesion_l1_weight_counts_lesion_pixels_more():
+    """--lesion_l1_weight W: the L1 term is mean((1 + W lesion)|x0 - x|); W = 0 is plain L1 (the original)."""
+    target = torch.rand(2, 1, 8, 8)
+    x0 = torch.rand(2, 1, 8, 8, requires_grad=True)
+    lesion = torch.zeros(2, 1, 8, 8)
+    lesion[:, :, 2:5, 3:6] = 1
+    batch = Batch(target, target, target, target, lesion=lesion)
+    assert torch.equal(training.l1_term(x0, batch, 0.0), F.l1_loss(x0, target))
+    weighted = training.l1_term(x0, batch, 3.0)
+    diff = (x0 - target).abs()
+    expected = (diff.sum() + 3 * diff[lesion > 0].sum()) / diff.numel()
+    assert torch.allclose(weighted, expected)
+    (grad,) = torch.autograd.grad(weighted, x0)
+    assert torch.allclose(grad[lesion > 0].abs(), torch.full_like(grad[lesion > 0], 4 / diff.numel()))
+    assert torch.allclose(grad[lesion == 0].abs(), torch.full_like(grad[lesion == 0], 1 / diff.numel()))
+
+
+def test_training_with_lesion_weight_feeds_the_lesion_masks(data, tmp_path, monkeypatch, one_thread):
+    """With --lesion_l1_weight the loader gives each batch its slices' lesion_mask.npy; without it, none."""
+    seen: list[tuple[float, float | None]] = []
+    real_l1 = training.l1_term
+
+    def recording_l1(x0, batch, weight):
+        seen.append((weight, None if batch.lesion is None else float(batch.lesion.sum())))
+        return real_l1(x0, batch, weight)
+
+    monkeypatch.setattr(training, "l1_term", recording_l1)
+    train.main(argv(data, tmp_path, "w", "--num_epoch", "1", "--lesion_l1_weight", "2"))
+    lesion_pixels = np.load(data / "train" / "lesion_mask.npy").sum()
+    assert seen and all(weight == 2.0 for weight, _ in seen)
+    assert sum(pixels for _, pixels in seen) / 2 == lesion_pixels  # both generators' terms, every slice once
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["lesion_l1_weight"] == 2.0
+    seen.clear()
+    train.main(argv(data, tmp_path, "p", "--num_epoch", "1"))
+    assert seen and all(weight == 0.0 and pixels is None for weight, pixels in seen)
+
+
 def test_the_data_scale_is_recorded_and_must_be_one(data, tmp_path):
     """train.py keeps the --normalize of its data (preprocess.json) with the options; mixed splits are refused."""
     copy_ = shutil.copytree(data, tmp_path / "data")
@@ -555,6 +592,10 @@ def test_bad_inputs_fail_with_one_line(data, bad_data, tmp_path, run_a, monkeypa
     fails(argv(data, out, "x", "--lazy_reg", "0"), "--lazy_reg")
     fails(argv(data, out, "x", "--ema_warmup"), "--ema_warmup", "--use_ema")
     fails(argv(data, out, "x", "--lr_warmup_steps", "-1"), "--lr_warmup_steps", "number of steps")
+    fails(argv(data, out, "x", "--lesion_l1_weight", "-1"), "--lesion_l1_weight", "plain L1")
+    no_lesion = Path(shutil.copytree(data, tmp_path / "no_lesion"))
+    (no_lesion / "train" / "lesion_mask.npy").unlink()
+    fails(argv(no_lesion, out, "x", "--lesion_l1_weight", "2"), "lesion_mask.npy", "seg")
     fails([*argv(data, out, "x"), "--device", "tpu"], "'tpu'")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     fails([*argv(data, out, "x"), "--device", "cuda"], "no CUDA GPU")

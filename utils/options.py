@@ -128,6 +128,9 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lambda_l1_loss", type=float, default=0.5, help="weight of the L1 terms")
     g.add_argument("--lambda_mask_loss", type=float, default=0.1, help="weight of the mutual mask loss")
     g.add_argument("--lambda_adv", type=float, default=1.0, help="weight of the adversarial terms")
+    g.add_argument("--lesion_l1_weight", type=float, default=0.0, metavar="W",
+                   help="new: inside the train split's lesion_mask.npy the L1 terms count 1 + W times "
+                        "(0: plain L1, the original)")
     g.add_argument("--dry_run", action="store_true", default=False,
                    help="build everything, check the data, print the plan and stop")
     d = parser.add_argument_group("processes (original flags; torchrun's environment takes precedence)")

@@ -66,17 +66,20 @@ class Optimisers:
 
 @dataclass
 class Batch:
-    """One batch on the training device: three conditioning contrasts and the target, each (B, 1, S, S)."""
+    """One batch on the training device: three conditioning contrasts and the target, each (B, 1, S, S), and the
+    lesion mask when the loader gives masks (--lesion_l1_weight)."""
 
     cond1: torch.Tensor
     cond2: torch.Tensor
     cond3: torch.Tensor
     target: torch.Tensor
+    lesion: torch.Tensor | None = None
 
     @classmethod
     def from_loader(cls, items: Sequence[torch.Tensor], device: torch.device) -> "Batch":
-        """Move the first four items of a loader batch (c1, c2, c3, target) to `device`."""
-        return cls(*(x.to(device, non_blocking=True) for x in items[:4]))
+        """Move a loader batch (c1, c2, c3, target[, brain_mask, lesion_mask]) to `device`."""
+        moved = [x.to(device, non_blocking=True) for x in items]
+        return cls(*moved[:4], lesion=moved[5] if len(moved) > 5 else None)
 
 
 @dataclass
@@ -118,6 +121,14 @@ def mutual_mask_loss(xp1: torch.Tensor, xp2: torch.Tensor, map1: torch.Tensor, m
     loss1 = (map2 * F.binary_cross_entropy_with_logits(xp1, torch.sigmoid(xp2), reduction="none")).mean()
     loss2 = (map1 * F.binary_cross_entropy_with_logits(xp2, torch.sigmoid(xp1), reduction="none")).mean()
     return loss1 + loss2
+
+
+def l1_term(x0: torch.Tensor, batch: Batch, lesion_weight: float) -> torch.Tensor:
+    """Mean |x0 - target|; with a lesion weight W > 0, lesion pixels count 1 + W times (the enhancing rim is a few
+    per cent of the pixels, so plain L1 barely asks for it)."""
+    if lesion_weight == 0:
+        return F.l1_loss(x0, batch.target)
+    return ((1 + lesion_weight * batch.lesion) * (x0 - batch.target).abs()).mean()
 
 
 def predict_pair(nets: Networks, batch: Batch, x_tp1: torch.Tensor, t: torch.Tensor,
@@ -178,7 +189,7 @@ def generator_step(nets: Networks, opts: Optimisers, batch: Batch, diff: Diffusi
     map2 = nets.att_proj.attention_map(feat2, size=size)
     mask = mutual_mask_loss(xp1, xp2, map1, map2)
     adv = F.softplus(-out1).mean() + F.softplus(-out2).mean()
-    l1 = F.l1_loss(x0_1, real) + F.l1_loss(x0_2, real)
+    l1 = l1_term(x0_1, batch, args.lesion_l1_weight) + l1_term(x0_2, batch, args.lesion_l1_weight)
     err_g = args.lambda_adv * adv + (args.lambda_l1_loss * l1) + (args.lambda_mask_loss * mask)
     err_g.backward()
     average_gradients(list(nets.gen1.parameters()) + list(nets.gen2.parameters()))
