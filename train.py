@@ -112,7 +112,7 @@ def check_data(args: Namespace, contrasts: list[str], world_size: int) -> tuple[
     train_dir = Path(args.input_path) / "train"
     if args.lesion_l1_weight > 0 and find_array(train_dir, LESION_MASK) is None:
         raise UserError(f"--lesion_l1_weight needs {train_dir / LESION_MASK}.npy, which pre_process.py writes when "
-                        "the cases have segmentations; give cases with seg files or drop the option")
+                        "the cases have segmentations; give cases with seg files or pass --lesion_l1_weight 0")
     train_slices = shapes["train"][0]
     per_process = -(-train_slices // world_size)  # the distributed sampler pads up to equal shares
     steps = per_process // args.batch_size

@@ -36,7 +36,8 @@ from utils.fileio import save_json  # noqa: E402
 from utils.metrics import plain_metrics, summarize_values  # noqa: E402
 from utils.options import CONFIG_NAME  # noqa: E402
 from utils.preprocessing import NORMALIZATIONS  # noqa: E402
-from utils.quality import ROOT, as_json, comparison_table, max_swing, run_step, score_folder  # noqa: E402
+from utils.quality import (ROOT, as_json, comparison_table, enhancement_drawn, max_swing, run_step,  # noqa: E402
+                           score_folder)
 
 EXP = "quality"
 BASELINES = ("linear", "quadratic")
@@ -172,10 +173,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "validation": {**val, "best_epoch": best, "baselines": lines,
                        "max_psnr_swing_after_first_quarter": max_swing(val["psnr"])},
         "test": as_json(scores),
+        "enhancement_drawn": {name: enhancement_drawn(folder, experiment / "generated_samples_baseline_linear")
+                              for name, folder in folders.items()},
     }
     save_json(report, out / "quality.json")
     print(f"\nTest split ({report['test_slices']} slices of held-out phantom cases), mean ± std over slices:")
     print(comparison_table(scores))
+    print("enhancement drawn (truth above the linear baseline by > 0.1; 1 = all): " + ", ".join(
+        f"{name} {share:.2f}" for name, share in report["enhancement_drawn"].items() if share is not None))
     swing = report["validation"]["max_psnr_swing_after_first_quarter"]
     print(f"\nvalidation PSNR per epoch: {', '.join(f'{v:.2f}' for v in val['psnr'])} (best: epoch {best}); "
           f"largest epoch-to-epoch change after the first quarter: {swing:.2f} dB")

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from utils.metrics import Summary
-from utils.quality import comparison_table, max_swing
+from utils.errors import UserError
+from utils.quality import comparison_table, enhancement_drawn, max_swing
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -36,6 +37,33 @@ def test_comparison_table_lists_each_protocol_and_method():
     table = comparison_table({"model": summary, "baseline": summary})
     assert "whole brain, paper protocol" in table and "lesion" not in table
     assert table.count("25.000 ± 1.000") == 2 and "0.900 ± 0.010" in table
+
+
+def write_folder(folder: Path, synth: np.ndarray, real: np.ndarray) -> Path:
+    """The two arrays test.py writes, in a folder of their own."""
+    folder.mkdir()
+    np.save(folder / "synth.npy", synth)
+    np.save(folder / "real.npy", real)
+    return folder
+
+
+def test_enhancement_drawn_is_the_share_of_the_rim_above_the_baseline(tmp_path: Path):
+    """0 for the baseline itself, 1 for the truth, 0.5 for half the rim's excess; None without enhancement."""
+    linear = np.full((2, 8, 8), 0.2, np.float32)
+    truth = linear.copy()
+    truth[0, 2:4, 2:6] = 0.8  # the rim: 0.6 above the baseline
+    truth[1, 5, 5] = 0.25  # below the threshold: not enhancement
+    half = linear.copy()
+    half[0, 2:4, 2:6] = 0.5
+    half[1] = 0.9  # brightness outside the rim does not count
+    base = write_folder(tmp_path / "linear", linear, truth)
+    assert enhancement_drawn(base, base) == 0.0
+    assert enhancement_drawn(write_folder(tmp_path / "truth", truth, truth), base) == pytest.approx(1.0)
+    assert enhancement_drawn(write_folder(tmp_path / "half", half, truth), base) == pytest.approx(0.5)
+    plain = write_folder(tmp_path / "plain", linear, linear)
+    assert enhancement_drawn(plain, write_folder(tmp_path / "plain_base", linear, linear)) is None
+    with pytest.raises(UserError, match="same split"):
+        enhancement_drawn(write_folder(tmp_path / "short", linear[:1], truth[:1]), base)
 
 
 def test_original_order_repeats_one_permutation_and_drops_the_remainder():
@@ -74,6 +102,8 @@ def test_quality_benchmark_smoke_run(tmp_path: Path):
             assert math.isfinite(scores[key]["mean"]), key
     assert report["epochs"] == 1 and report["validation"]["best_epoch"] == 1
     assert set(report["validation"]["baselines"]) == {"linear", "quadratic"}
+    assert report["enhancement_drawn"]["linear baseline (fitted on train)"] in (0.0, None)
+    assert set(report["enhancement_drawn"]) == set(report["test"])
     assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "quadratic baseline (fitted on train)" in result.stdout
 

@@ -32,6 +32,7 @@ def test_quickstart_runs_every_step(tmp_path: Path) -> None:
         assert len(rows) >= 3, result.stdout[-2500:]  # brain (plain and paper protocol) and whole slice at least
         assert all(0 < float(psnr) < 100 and -1 <= float(ssim) <= 1 for psnr, ssim in rows)
     assert "neither method sees the test slices' truth" in result.stdout
+    assert re.search(r"Enhancing rim drawn: -?\d+ % of the truth's enhancement", result.stdout), result.stdout[-800:]
     for step in ("make_sample_data.py", "pre_process.py", "train.py", "test.py", "metric_calc.py"):
         assert f"$ python {step}" in result.stdout or f"$ python demo/{step}" in result.stdout
     assert "--config configs/quickstart.json" in result.stdout and "--baseline linear" in result.stdout

@@ -54,6 +54,26 @@ def score_folder(folder: str | Path) -> dict[str, Summary]:
     return summary
 
 
+# Truth above the linear baseline by more than this (on the [0, 1] scale test.py writes) counts as enhancement the
+# conditions do not show pixel by pixel: on the phantom, the enhancing rim.
+ENHANCEMENT_THRESHOLD = 0.1
+
+
+def enhancement_drawn(folder: str | Path, baseline: str | Path, threshold: float = ENHANCEMENT_THRESHOLD
+                      ) -> float | None:
+    """Share of the enhancement a synthesis draws: mean(synth - linear) / mean(truth - linear) over the pixels where
+    the truth exceeds the linear baseline by more than `threshold` (0: none of it, like the baseline; 1: all of it);
+    None when no pixel does (no enhancing lesion in these slices)."""
+    synth, real = np.load(Path(folder) / "synth.npy"), np.load(Path(folder) / "real.npy")
+    linear = np.load(Path(baseline) / "synth.npy")
+    if linear.shape != real.shape:
+        raise UserError(f"{baseline} holds {len(linear)} slices and {folder} {len(real)}: synthesise the same split")
+    enhanced = (real - linear) > threshold
+    if not enhanced.any():
+        return None
+    return float((synth - linear)[enhanced].mean() / (real - linear)[enhanced].mean())
+
+
 def comparison_table(scores: Mapping[str, Mapping[str, Summary]], metrics: Sequence[str] = ("psnr", "ssim")
                      ) -> str:
     """A text table: one line per (protocol, method) with the mean ± std of each metric."""
