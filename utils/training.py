@@ -77,9 +77,11 @@ class Batch:
 
     @classmethod
     def from_loader(cls, items: Sequence[torch.Tensor], device: torch.device) -> "Batch":
-        """Move a loader batch (c1, c2, c3, target[, brain_mask, lesion_mask]) to `device`."""
-        moved = [x.to(device, non_blocking=True) for x in items]
-        return cls(*moved[:4], lesion=moved[5] if len(moved) > 5 else None)
+        """Move a loader batch (c1, c2, c3, target[, brain_mask, lesion_mask]) to `device`; the brain mask, which
+        no loss uses, stays where it is."""
+        wanted = [*items[:4], items[5] if len(items) > 5 else None]
+        moved = [None if x is None else x.to(device, non_blocking=True) for x in wanted]
+        return cls(*moved[:4], lesion=moved[4])
 
 
 @dataclass
