@@ -9,16 +9,18 @@ dropped image and the segmentation kept in --truth. complete: for every case fol
 synthesise the missing one with the experiment trained for it, on the case's grid and under its BraTS name, and copy
 the three present files, so each output folder is a complete case; a report goes to <out>/brasyn_report.{json,csv}.
 score: SSIM and PSNR of each synthesis against the truth within the brain, the tumour and the rest of the brain.
-The work is done by utils/brasyn.py.
+The work is done by utils/brasyn/.
 """
 import argparse
 import sys
 from typing import Sequence
 
-from utils.brasyn import complete_cases, drop_modalities, score_cases
-from utils.errors import run_cli
-from utils.layouts import BRATS_CONTRASTS, BRATS_NAMINGS
-from utils.options import add_speed_args
+from utils.brasyn.complete import complete_cases
+from utils.brasyn.drop import drop_modalities
+from utils.brasyn.score import score_cases
+from utils.core.errors import run_cli
+from utils.data.layouts import BRATS_CONTRASTS, BRATS_NAMINGS
+from utils.core.options import add_speed_args
 
 
 def build_parser() -> argparse.ArgumentParser:

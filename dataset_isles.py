@@ -3,15 +3,13 @@ import os
 
 import numpy as np
 
-from utils.data import SliceDataset, load_slices, resolve_contrasts
+from utils.data.slices import SliceDataset, load_slices
+from utils.data.contrasts import PRESETS as PRESETS_OF, resolve_contrasts
 
-DATASET_NAME = "ISLES"
-# [cond1, cond2, cond3, target] in the order the published weights were trained with; keyed by target.
-PRESETS = {
-    "FLAIR": ["T1", "T2", "DWI", "FLAIR"],
-    "T1": ["T2", "DWI", "FLAIR", "T1"],
-}
-DEFAULT_TARGET = "FLAIR"
+DATASET_NAME = PRESETS_OF["isles"].name
+# [cond1, cond2, cond3, target] orders keyed by target, defined once in utils.data.contrasts.
+PRESETS = {target: list(order) for target, order in PRESETS_OF["isles"].orders.items()}
+DEFAULT_TARGET = PRESETS_OF["isles"].default_target
 
 
 def CreateDatasetSynthesis(phase: str, input_path: str | os.PathLike, target: str | None = None,

@@ -17,10 +17,10 @@ import skimage
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from utils.errors import UserError, run_cli
-from utils.fileio import atomic_path, save_json, save_npy, save_text
-from utils.metrics import (METRICS, PROTOCOL_TITLES, PROTOCOLS, EvalSet, Summary, evaluate_set, load_image_dirs,
-                           load_results_folder, metric_columns, resolve_results_folder, summarize)
+from utils.core.errors import UserError, run_cli
+from utils.core.fileio import atomic_path, save_json, save_npy, save_text
+from utils.eval.metrics import METRICS, PROTOCOL_TITLES, PROTOCOLS, Summary, metric_columns, summarize
+from utils.eval.results import EvalSet, evaluate_set, load_image_dirs, load_results_folder, resolve_results_folder
 
 METRIC_TITLES = {"psnr": "PSNR (dB)", "ssim": "SSIM", "mae": "MAE"}
 PROTOCOL_NOTES = {

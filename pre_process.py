@@ -6,20 +6,20 @@ writes <output>/<split>/<CONTRAST>.npy (float32, N x size x size, in [0, 1]), br
 (uint8), manifest.csv (which case and axial slice every row came from) and preprocess.json, with the original
 recipe: per volume 1st/99th percentile clip of the voxels > 0 and min-max to [0, 1] (--normalize median, new:
 anchored at the brain median instead), the middle --slices axial slices, scikit-image resize to --size. Layouts
-(utils/layouts.py): brats (a folder per case, files named as in BraTS 2019/2021,
+(utils/data/layouts.py): brats (a folder per case, files named as in BraTS 2019/2021,
 <case>_t1/_t1ce/_t2/_flair/_seg.nii[.gz], or BraTS 2023+, <case>-t1n/-t1c/-t2w/-t2f/-seg.nii.gz, recognised per
 case; brats2019, brats2021, brats2023 accept one scheme), isles (ISLES 2015 SISS: numbered case folders with
 VSD.Brain.XX.O.MR_* and .OT. volumes) and folders (one folder per contrast, volumes paired by sorted name, as the
-original README). The work is done by utils/preprocessing.py; every file is written under a temporary name and
+original README). The work is done by utils/data/preprocessing.py; every file is written under a temporary name and
 renamed only when the whole run succeeds.
 """
 import argparse
 import sys
 from typing import Sequence
 
-from utils.errors import run_cli
-from utils.layouts import LAYOUTS
-from utils.preprocessing import DEFAULT_NORMALIZATION, NORMALIZATIONS, preprocess
+from utils.core.errors import run_cli
+from utils.data.layouts import LAYOUTS
+from utils.data.preprocessing import DEFAULT_NORMALIZATION, NORMALIZATIONS, preprocess
 
 
 def build_parser() -> argparse.ArgumentParser:

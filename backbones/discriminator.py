@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from backbones.layers import dense, dense_conv2d, fan_out_uniform_, get_timestep_embedding
 from backbones.layerspp import SQRT2
 from backbones.up_or_down_sampling import downsample_2d
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 # Six FIR halvings: anything smaller than this collapses to an empty map.
 MIN_CRITIC_SIZE = 64

@@ -20,7 +20,7 @@ from backbones.layers import GaussianFourierProjection, PixelNorm, conv3x3, ddpm
     get_timestep_embedding
 from backbones.layerspp import AttnBlockpp, Combine, ConvBlock, ConvBlock_GAP, ConvFeatBlock, Downsample, \
     ResnetBlockBigGANpp_Adagn, Upsample, num_groups, rescaled_sum
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 # Width of generator 2's pseudo-target style code. The original fixed it at 256 independently of --z_emb_dim;
 # it is a shape in every published checkpoint, so it stays fixed.

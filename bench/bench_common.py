@@ -80,7 +80,7 @@ def add_common_args(parser: Any, default_batches: list[int] | None = None) -> No
     parser.add_argument("--reference", default=None, metavar="PATH",
                         help="checkout of the original code (outside this repository): also time it, same work")
     parser.add_argument("--reference_reuse_memory", action="store_true",
-                        help="give the original our CPU malloc setting too (utils/cpu_memory.py), for comparison")
+                        help="give the original our CPU malloc setting too (utils/model/cpu_memory.py), for comparison")
     parser.add_argument("--out", default=None, help="JSON output (default: bench/results/<script>_<device>.json)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds each worker may run")
 
@@ -93,7 +93,7 @@ def speed_flags(args: Any) -> dict:
 
 def check_reference(path: str | None) -> Path | None:
     """The original's checkout, or None; a UserError when it is not one or lies inside this repository."""
-    from utils.errors import UserError  # only the scripts call this; workers never import our utils
+    from utils.core.errors import UserError
 
     if path is None:
         return None
@@ -159,7 +159,7 @@ def run_worker(spec: dict, timeout: int) -> dict:
                           timeout=timeout, env=env, cwd=str(ROOT))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        from utils.errors import UserError
+        from utils.core.errors import UserError
 
         print("\n".join(proc.stderr.strip().splitlines()[-15:]), file=sys.stderr)
         killed = " (killed: out of memory?)" if proc.returncode == -9 else ""
@@ -186,8 +186,8 @@ def run_both(base: dict, args: Any, reference: Path | None, **ours_extra: Any) -
 
 
 def save_results(result: dict, out: str | None, default_name: str) -> Path:
-    """Write the result JSON atomically (utils.fileio; only the scripts, never a worker, call this)."""
-    from utils.fileio import save_json
+    """Write the result JSON atomically (utils.core.fileio; only the scripts, never a worker, call this)."""
+    from utils.core.fileio import save_json
 
     path = Path(out) if out else RESULTS_DIR / default_name
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
     python bench/bench_curve.py --reference /tmp/mudiff_orig --data quickstart_out/slices/train --steps 200
 
-Trains the small configuration for --steps iterations twice, each in its own process: ours (utils/training.py's
+Trains the small configuration for --steps iterations twice, each in its own process: ours (utils/train/steps.py's
 train_step) and the original's (its networks and its train.py diffusion helpers, the iteration of ARCH_SPEC §8.2),
 both seeded alike (so both build the same initial weights) and fed the same batches of a preprocessed training split
 in the order the original's sampler gave them (one permutation, repeated every epoch). It prints where the per-step
@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import (RESULTS_DIR, base_spec, check_reference, command_line, run_worker,  # noqa: E402
                           save_results)
 
-from utils.errors import UserError, run_cli  # noqa: E402
-from utils.training import LOSS_NAMES  # noqa: E402
+from utils.core.errors import UserError, run_cli  # noqa: E402
+from utils.train.steps import LOSS_NAMES  # noqa: E402
 
 CONTRASTS = ["FLAIR", "T2", "T1", "T1ce"]
 
@@ -61,7 +61,7 @@ def largest_difference(ours: list[list[float]], theirs: list[list[float]]) -> fl
 
 def draw(ours: list[list[float]], theirs: list[list[float]], path: Path) -> None:
     """Critic and L1 losses per step for both codes."""
-    from utils.plots import save_figure  # chooses the Agg backend before pyplot is imported
+    from utils.eval.plots import save_figure
 
     import matplotlib.pyplot as plt
 

@@ -29,15 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from utils.baselines import PixelRegression  # noqa: E402
-from utils.data import SliceDataset  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
-from utils.fileio import save_json  # noqa: E402
-from utils.metrics import plain_metrics, summarize_values  # noqa: E402
-from utils.options import CONFIG_NAME  # noqa: E402
-from utils.preprocessing import NORMALIZATIONS  # noqa: E402
-from utils.quality import (ROOT, as_json, comparison_table, enhancement_drawn, max_swing, run_step,  # noqa: E402
-                           score_folder)
+from utils.infer.baselines import PixelRegression  # noqa: E402
+from utils.data.slices import SliceDataset  # noqa: E402
+from utils.core.errors import UserError, run_cli  # noqa: E402
+from utils.core.fileio import save_json  # noqa: E402
+from utils.eval.metrics import plain_metrics, summarize_values  # noqa: E402
+from utils.core.artifacts import CONFIG_NAME  # noqa: E402
+from utils.data.preprocessing import NORMALIZATIONS  # noqa: E402
+from demo.steps import ROOT, run_step  # noqa: E402
+from utils.eval.compare import as_json, comparison_table, enhancement_drawn, max_swing, score_folder  # noqa: E402
 
 EXP = "quality"
 BASELINES = ("linear", "quadratic")
@@ -101,7 +101,7 @@ def read_val_csv(path: Path) -> dict[str, list[float]]:
 
 def draw_curve(val: dict[str, list[float]], lines: dict[str, dict[str, float]], path: Path) -> None:
     """Validation PSNR and SSIM per epoch, each baseline's validation score as a dashed line."""
-    from utils.plots import save_figure  # chooses the Agg backend before pyplot is imported
+    from utils.eval.plots import save_figure
 
     import matplotlib.pyplot as plt
 

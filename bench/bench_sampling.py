@@ -21,7 +21,7 @@ from bench_common import (add_common_args, base_spec, check_reference, command_l
 
 import torch  # noqa: E402
 
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.core.errors import UserError, run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,7 @@
 
     python bench/bench_training.py --device cpu --batch 3 --warmup 1 --steps 1 --reference /tmp/mudiff_orig
 
-Ours is utils/training.py's train_step with the speed options given (--amp, --channels_last, --compile for the
+Ours is utils/train/steps.py's train_step with the speed options given (--amp, --channels_last, --compile for the
 generators, --fast_paths, --fused_adam on CUDA; none = the faithful loop). With --reference the original's iteration
 (its networks and train.py helpers, the critic step with autograd through both generators, float32) does the same
 work in its own process, and the ratios ours / original are printed. Peak memory: the process's peak RSS on the CPU,
@@ -23,7 +23,7 @@ from bench_common import (add_common_args, base_spec, check_reference, command_l
 
 import torch  # noqa: E402
 
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.core.errors import UserError, run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

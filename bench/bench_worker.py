@@ -114,10 +114,9 @@ def ours(spec: dict) -> dict:
     """Measure our code with the requested speed options."""
     sys.path.insert(0, str(ROOT))
     from backbones import build_critic, build_generators
-    from utils.diffusion import Diffusion_Coefficients, Posterior_Coefficients
-    from utils.fast import (SpeedOptions, autocast_context, fast_sample, make_adam, prepare_generators,
-                            prepare_module, prepare_process)
-    from utils.training import Batch, Diffusion, Networks, Optimisers, train_step
+    from utils.model.diffusion import Diffusion_Coefficients, Posterior_Coefficients
+    from utils.model.speed import SpeedOptions, autocast_context, fast_sample, make_adam, prepare_generators, prepare_module, prepare_process
+    from utils.train.steps import Batch, Diffusion, Networks, Optimisers, train_step
 
     options = SpeedOptions(**spec["flags"])
     device = torch.device(spec["device"])

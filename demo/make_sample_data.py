@@ -25,10 +25,10 @@ from scipy.ndimage import gaussian_filter
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.data import canonical_contrast  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
-from utils.fileio import atomic_path, save_text  # noqa: E402
-from utils.layouts import BRATS_NAMINGS, LABEL, relabel  # noqa: E402
+from utils.data.contrasts import canonical_contrast  # noqa: E402
+from utils.core.errors import UserError, run_cli  # noqa: E402
+from utils.core.fileio import atomic_path, save_text  # noqa: E402
+from utils.data.layouts import BRATS_NAMINGS, LABEL, relabel  # noqa: E402
 
 FOV_MM = 240.0        # BraTS: 240 x 240 x 155 voxels of 1 mm
 FOV_DEPTH_MM = 155.0

@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from utils.errors import UserError, run_cli  # noqa: E402
-from utils.preprocessing import NORMALIZATIONS  # noqa: E402
-from utils.quality import comparison_table, enhancement_drawn, run_step, score_folder  # noqa: E402
+from utils.core.errors import UserError, run_cli  # noqa: E402
+from utils.data.preprocessing import NORMALIZATIONS  # noqa: E402
+from utils.eval.compare import comparison_table, enhancement_drawn, score_folder  # noqa: E402
+from demo.steps import run_step  # noqa: E402
 
 EXP = "quickstart"
 RECIPE = ROOT / "configs" / "quickstart.json"
@@ -50,7 +51,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def draw_figure(samples: Path, baseline: Path, source: np.ndarray, source_name: str, target_name: str,
                 path: Path) -> None:
     """Source, baseline, synthesis, truth, error and disagreement for the three test slices with most lesion."""
-    from utils.plots import save_figure  # chooses the Agg backend before pyplot is imported
+    from utils.eval.plots import save_figure
 
     import matplotlib.pyplot as plt
 

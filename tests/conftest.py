@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from utils.options import add_diffusion_args, add_model_args  # noqa: E402
+from utils.core.options import add_diffusion_args, add_model_args  # noqa: E402
 
 # The authors' numbers live in ../shared/reference beside a developer's checkout; a user's clone has no such folder.
 REFERENCE_DIR = Path(os.environ.get("MUDIFF_REFERENCE", ROOT.parent / "shared" / "reference"))
@@ -131,8 +131,8 @@ def save_tiny_experiment(exp_dir: Path, seed: int = 0, epochs: tuple[int, ...] =
     DDP files do (`module.`); `contrasts` is the order config.json records (three conditions, then the target).
     """
     from backbones import build_critic, build_generators
-    from utils.inference import make_parser
-    from utils.options import save_config
+    from utils.core.options import make_parser
+    from utils.core.artifacts import save_config
 
     args = make_parser().parse_args(list(TINY_MODEL_ARGS) + ["--contrasts", *contrasts])
     exp_dir.mkdir(parents=True, exist_ok=True)

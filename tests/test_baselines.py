@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import load_script
-from utils.baselines import PixelRegression, brain_pixels, design_matrix
-from utils.data import SliceDataset
-from utils.errors import UserError
+from utils.infer.baselines import PixelRegression, brain_pixels, design_matrix
+from utils.data.slices import SliceDataset
+from utils.core.errors import UserError
 
 test_script = load_script("test.py", "mudiff_test_script_baselines")
 metric_calc = load_script("metric_calc.py", "mudiff_metric_calc_baselines")

@@ -16,9 +16,10 @@ from conftest import save_tiny_experiment
 from demo import make_sample_data as phantom
 from test_nifti import HEADER_FIELDS
 from test_readme import BRASYN_SECTION, is_user_data, make_scratch_repo, readme_commands, run, section_text
-from utils.brasyn import DROPPED_NAME, balanced_choice, volume_metrics
-from utils.errors import run_cli
-from utils.nifti import find_case_files
+from utils.brasyn.drop import DROPPED_NAME, balanced_choice
+from utils.brasyn.score import volume_metrics
+from utils.core.errors import run_cli
+from utils.data.layouts import find_case_files
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""utils/checkpoint.py: safe reading, strict loading with a readable report, atomic saving."""
+"""utils/model/checkpoint.py: safe reading, strict loading with a readable report, atomic saving."""
 import argparse
 import os
 import pickle
@@ -9,10 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from utils.checkpoint import (
-    CheckpointError, load_state, pick_state, read_checkpoint, save_checkpoint, strip_module_prefix,
-)
-from utils.errors import UserError
+from utils.model.checkpoint import CheckpointError, load_state, pick_state, read_checkpoint, save_checkpoint, strip_module_prefix
+from utils.core.errors import UserError
 
 
 class Tiny(nn.Module):

@@ -1,4 +1,4 @@
-"""utils/diffusion.py against the original's coefficients and samples, plus properties of the diffusion math."""
+"""utils/model/diffusion.py against the original's coefficients and samples, plus properties of the diffusion math."""
 import argparse
 from types import SimpleNamespace
 
@@ -7,12 +7,9 @@ import pytest
 import torch
 
 from backbones import NCSNpp, NCSNpp_adaptive
-from utils.checkpoint import load_state
-from utils.diffusion import (
-    Diffusion_Coefficients, Posterior_Coefficients, extract, get_sigma_schedule, get_time_schedule, q_sample,
-    q_sample_pairs, sample_from_model, sample_posterior, sample_posterior_combine,
-)
-from utils.errors import UserError
+from utils.model.checkpoint import load_state
+from utils.model.diffusion import Diffusion_Coefficients, Posterior_Coefficients, extract, get_sigma_schedule, get_time_schedule, q_sample, q_sample_pairs, sample_from_model, sample_posterior, sample_posterior_combine
+from utils.core.errors import UserError
 
 # Coefficients whose computation involves no square root: pure IEEE arithmetic, so bit-identical on every platform.
 SQRT_FREE = ("betas_full", "betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "posterior_variance",

@@ -28,13 +28,12 @@ from backbones import build_critic, build_generators, fast_paths, fast_paths_ena
 from backbones import up_or_down_sampling as fir
 from backbones.layerspp import AdaptiveGroupNorm, AttnBlockpp, ConvFeatBlock
 from backbones.upfirdn2d import upfirdn2d
-from conftest import load_script, model_args, perturb_, save_tiny_experiment, save_tiny_slices, tiny_args
+from conftest import load_script, perturb_, save_tiny_experiment, save_tiny_slices, tiny_args
 import train
-from utils.diffusion import Diffusion_Coefficients, Posterior_Coefficients, q_sample_pairs, sample_from_model, \
-    sample_posterior
-from utils.fast import SpeedOptions, autocast_context, fast_sample, make_adam, prepare_generators, prepare_module
-from utils.options import add_diffusion_args, add_model_args, add_speed_args, add_training_args
-from utils.training import Batch, Diffusion, Networks, critic_step
+from utils.model.diffusion import Diffusion_Coefficients, Posterior_Coefficients, q_sample_pairs, sample_from_model, sample_posterior
+from utils.model.speed import SpeedOptions, autocast_context, fast_sample, make_adam, prepare_generators, prepare_module
+from utils.core.options import add_diffusion_args, add_model_args, add_speed_args, add_training_args
+from utils.train.steps import Batch, Diffusion, Networks, critic_step
 
 ROOT = Path(__file__).resolve().parents[1]
 # The paper's best mean PSNR (BraTS T2, 25.04 dB). If |amp - fp32| has PSNR P_d, then for a model with PSNR P
@@ -624,7 +623,7 @@ def test_speed_flags_parse_and_default_off():
 def test_cpu_malloc_reuse_in_a_fresh_process():
     """On Linux the malloc setting applies, and afterwards tensors are still computed normally (own process, so this
     test process keeps glibc's defaults)."""
-    code = ("import sys; sys.path.insert(0, '.'); import torch; from utils.cpu_memory import reuse_freed_cpu_memory;"
+    code = ("import sys; sys.path.insert(0, '.'); import torch; from utils.model.cpu_memory import reuse_freed_cpu_memory;"
             "ok = reuse_freed_cpu_memory(); x = torch.ones(2048, 2048); print(ok, float((x @ x)[0, 0]))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.fileio import atomic_path, save_json, save_npy
+from utils.core.fileio import atomic_path, save_json, save_npy
 
 
 def test_failed_write_keeps_previous_file(tmp_path: Path) -> None:

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, load_script, TINY_MODEL_ARGS, save_tiny_experiment, save_tiny_slices
-from utils.errors import UserError, run_cli
-from utils.images import read_image
-from utils.data import SliceDataset
-from utils.diffusion import sample_from_model
-from utils.inference import open_experiment, resolve_device
+from conftest import load_script, TINY_MODEL_ARGS, save_tiny_experiment, save_tiny_slices
+from utils.core.errors import UserError, run_cli
+from utils.data.images import read_image
+from utils.data.slices import SliceDataset
+from utils.model.diffusion import sample_from_model
+from utils.infer.experiment import open_experiment
+from utils.core.runtime import resolve_device
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,6 +25,8 @@ COUNT, HEIGHT, WIDTH = 5, 60, 52
 
 
 test_script = load_script("test.py", "mudiff_test_script")
+import utils.infer.runs as runs  # noqa: E402
+from utils.infer.outputs import synth_to_original  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -119,13 +122,13 @@ def test_same_seed_same_output_other_seed_differs(workspace: Path) -> None:
 def test_batch_size_is_used(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--batch_size 2 on 5 slices synthesises batches of 2, 2 and 1, and --limit stops early."""
     sizes = []
-    original = test_script.synthesize
+    original = runs.synthesize
 
     def spy(exp, cond1, *rest, **kwargs):
         sizes.append(len(cond1))
         return original(exp, cond1, *rest, **kwargs)
 
-    monkeypatch.setattr(test_script, "synthesize", spy)
+    monkeypatch.setattr(runs, "synthesize", spy)
     out = run(workspace, "exp_brats", "--batch_size", "2")
     assert sizes == [2, 2, 1]
     sizes.clear()
@@ -235,4 +238,4 @@ def test_seed_42_batch_1_makes_the_original_test_py_draws(workspace: Path) -> No
         x_t = torch.randn_like(target)
         sample = sample_from_model(exp.coefficients, exp.gen1, cond1, exp.gen2, cond2, cond3,
                                    exp.args.num_timesteps, x_t, None, exp.args)
-        np.testing.assert_array_equal(test_script.synth_to_original(sample, (HEIGHT, WIDTH))[0], synth[i])
+        np.testing.assert_array_equal(synth_to_original(sample, (HEIGHT, WIDTH))[0], synth[i])

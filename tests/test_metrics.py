@@ -15,12 +15,12 @@ from torchvision.utils import save_image
 
 import metric_calc
 from conftest import load_script
-from utils.errors import UserError, run_cli
-from utils.fileio import save_npy
-from utils.images import natural_key, read_image, read_mask, save_png8, save_png16
-from utils.metrics import (as_saved_image, evaluate_folder, evaluate_pairs, load_results_folder, mask_box,
-                           original_saved_levels, paper_metrics, percentile_minmax, plain_metrics,
-                           saved_image_metrics, summarize)
+from utils.core.errors import UserError, run_cli
+from utils.core.fileio import save_npy
+from utils.core.fileio import natural_key
+from utils.data.images import read_image, read_mask, save_png8, save_png16
+from utils.eval.metrics import as_saved_image, mask_box, original_saved_levels, paper_metrics, percentile_minmax, plain_metrics, saved_image_metrics, summarize
+from utils.eval.results import evaluate_folder, evaluate_pairs, load_results_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,6 +178,7 @@ def test_summarize_excludes_infinite_psnr_and_formats_mean_std() -> None:
 # --------------------------------------------------------------------------- the original pipeline
 REGIONS = ("brain", "lesion")
 test_script = load_script("test.py", "mudiff_test_script_metrics")
+from utils.infer.outputs import SampleWriter, _to_original, synth_to_original  # noqa: E402
 
 
 def test_saving_step_is_torchvision_save_image(tmp_path: Path) -> None:
@@ -236,12 +237,12 @@ def test_paper_protocol_reproduces_the_original_pipeline(metric_ref: dict) -> No
 def write_fixture_results(metric_ref: dict, folder: Path) -> None:
     """The fixture's outputs written as test.py writes a results folder (same functions, same layout)."""
     height_width = tuple(metric_ref["real_model"].shape[-2:])
-    images = {"real": test_script._to_original(metric_ref["real_model"], height_width, False),
-              "synth": test_script.synth_to_original(metric_ref["synth_model"], height_width)}
+    images = {"real": _to_original(metric_ref["real_model"], height_width, False),
+              "synth": synth_to_original(metric_ref["synth_model"], height_width)}
     for region in REGIONS:
         masks = metric_ref[f"{region}_mask"][:, None].float()
-        images[f"{region}_mask"] = (test_script._to_original(masks, height_width, True) > 0.5).astype(np.float32)
-    with test_script.SampleWriter(folder, list(images), len(images["real"]), height_width) as writer:
+        images[f"{region}_mask"] = (_to_original(masks, height_width, True) > 0.5).astype(np.float32)
+    with SampleWriter(folder, list(images), len(images["real"]), height_width) as writer:
         for i in range(len(images["real"])):
             writer.write(i, {name: stack[i] for name, stack in images.items()})
 

@@ -22,7 +22,7 @@ from backbones.layers import NIN, PixelNorm, get_timestep_embedding
 from backbones.layerspp import AdaptiveGroupNorm, AttnBlockpp
 from backbones.up_or_down_sampling import conv_downsample_2d, downsample_2d, setup_kernel, upfirdn2d, \
     upsample_2d, upsample_conv_2d
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 from conftest import model_args, perturb_ as perturb_weights, tiny_args
 

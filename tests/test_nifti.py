@@ -4,12 +4,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
-from conftest import NIFTI_DAMAGE, ROOT, damage_nifti, load_script, save_tiny_experiment
-from utils.errors import UserError, run_cli
-from utils.nifti import case_name, find_case_files, model_slices_to_volume, volume_to_model_slices
-from utils.preprocessing import normalize_volume
+from conftest import NIFTI_DAMAGE, damage_nifti, load_script, save_tiny_experiment
+from utils.core.errors import UserError, run_cli
+from utils.data.layouts import case_name, find_case_files
+from utils.infer.volumes import model_slices_to_volume, volume_to_model_slices
+from utils.data.preprocessing import normalize_volume
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -115,7 +115,7 @@ def test_volumes_are_normalised_as_the_training_data_was(volume_run: dict, monke
     """An experiment whose config.json records --normalize median data prepares every condition with median."""
     import json
 
-    import utils.nifti as nifti
+    import utils.infer.volumes as nifti
 
     root = volume_run["root"]
     exp_dir = root / "results" / "exp_median"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from demo import make_sample_data as phantom
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 SIZE, DEPTH = 48, 24
 ROOT = Path(__file__).resolve().parents[1]

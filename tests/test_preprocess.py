@@ -12,11 +12,11 @@ import pytest
 from skimage.transform import resize
 
 import pre_process
-import utils.preprocessing as preprocessing
+import utils.data.preprocessing as preprocessing
 from conftest import NIFTI_DAMAGE, damage_nifti
 from demo import make_sample_data as phantom
-from utils.errors import UserError
-from utils.layouts import BRATS_NAMINGS, match_brats_file, relabel
+from utils.core.errors import UserError
+from utils.data.layouts import BRATS_NAMINGS, match_brats_file, relabel
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, DEPTH, SLICES, OUT_SIZE = 48, 24, 8, 64

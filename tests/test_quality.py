@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.metrics import Summary
-from utils.errors import UserError
-from utils.quality import comparison_table, enhancement_drawn, max_swing
+from utils.eval.metrics import Summary
+from utils.core.errors import UserError
+from utils.eval.compare import comparison_table, enhancement_drawn, max_swing
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))

@@ -19,15 +19,22 @@ import torch
 import torch.nn.functional as F
 
 import train
-import utils.training as training
-from utils.checkpoint import CheckpointError, load_state, read_checkpoint
-from utils.data import SliceDataset
-from utils.diffusion import Diffusion_Coefficients, Posterior_Coefficients, q_sample_pairs, sample_posterior
-from utils.distributed import free_port, plan_launch
-from utils.ema import EMA
-from utils.errors import UserError, run_cli
-from utils.training import (LOSS_NAMES, Batch, Diffusion, build_optimisers, train_step, validate,
-                            validation_batches)
+import utils.train.loop as loop
+import utils.train.steps as training
+from backbones import build_generators
+from utils.core.artifacts import NETWORK_NAMES
+from utils.core.options import parse_with_config
+from utils.core.runtime import seed_everything
+from utils.train.plan import prepare
+from utils.train.steps import build_networks
+from utils.model.checkpoint import CheckpointError, load_state, read_checkpoint
+from utils.data.slices import SliceDataset
+from utils.model.diffusion import Diffusion_Coefficients, Posterior_Coefficients, q_sample_pairs, sample_posterior
+from utils.train.distributed import free_port, plan_launch
+from utils.train.ema import EMA
+from utils.core.errors import UserError, run_cli
+from utils.train.steps import LOSS_NAMES, Batch, Diffusion, build_optimisers, train_step
+from utils.train.validation import validate, validation_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRASTS = ("FLAIR", "T2", "T1", "T1ce")
@@ -71,7 +78,7 @@ def argv(data: Path, out: Path, exp: str, *extra: str) -> list[str]:
 
 
 def tiny_args(data: Path, out: Path) -> Namespace:
-    """Parsed tiny options with the resolved contrast order (as train.prepare leaves them)."""
+    """Parsed tiny options with the resolved contrast order (as prepare leaves them)."""
     args = train.build_parser().parse_args(argv(data, out, "unused"))
     args.contrasts, args.target = list(CONTRASTS), CONTRASTS[3]
     return args
@@ -105,7 +112,7 @@ def run_a(data, tmp_path_factory, one_thread) -> dict:
     out = tmp_path_factory.mktemp("out")
     r1_steps: list[int] = []
     current = {"step": -1}
-    real_step, real_r1 = train.train_step, training.r1_penalty
+    real_step, real_r1 = train_step, training.r1_penalty
 
     def counting_step(*a, **k):
         current["step"] = a[-1]
@@ -116,7 +123,7 @@ def run_a(data, tmp_path_factory, one_thread) -> dict:
         return real_r1(*a, **k)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train, "train_step", counting_step)
+        mp.setattr(loop, "train_step", counting_step)
         mp.setattr(training, "r1_penalty", counting_r1)
         train.main(argv(data, out, "a", *RUN_AB))
     return {"dir": out / "a", "out": out, "r1_steps": r1_steps}
@@ -152,7 +159,7 @@ def test_generator_files_are_plain_state_dicts_with_ema_weights(run_a, data):
     folder = run_a["dir"]
     content = read_checkpoint(folder / "content.pth")
     args = tiny_args(data, run_a["out"])
-    nets = train.build_networks(args, torch.device("cpu"))
+    nets = build_networks(args, torch.device("cpu"))
     for index, net in ((1, nets.gen1), (2, nets.gen2)):
         latest = read_checkpoint(folder / f"gen_diffusive_{index}.pth")
         assert not any(k.startswith("module.") for k in latest)
@@ -174,8 +181,8 @@ def test_losses_are_finite_and_weights_change(run_a, data):
             if name != "r1_penalty":
                 assert math.isfinite(float(row[name])), (name, row)
     args = tiny_args(data, run_a["out"])
-    train.seed_everything(args.seed)
-    initial = train.build_networks(args, torch.device("cpu"))
+    seed_everything(args.seed)
+    initial = build_networks(args, torch.device("cpu"))
     content = read_checkpoint(run_a["dir"] / "content.pth")
     for name, net in initial.named().items():
         trained = content[f"{name}_dict"]
@@ -204,7 +211,7 @@ def test_one_epoch_then_resume_equals_two_epochs(run_a, data, one_thread):
     train.main(argv(data, out, "b", *RUN_AB, "--resume"))
     a, b = read_checkpoint(run_a["dir"] / "content.pth"), read_checkpoint(out / "b" / "content.pth")
     assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"]
-    for name in train.NETWORK_NAMES:
+    for name in NETWORK_NAMES:
         assert states_equal(a[f"{name}_dict"], b[f"{name}_dict"]), name
     for key in ("ema_gen_diffusive_1", "ema_gen_diffusive_2"):
         assert states_equal(a[key]["shadow"], b[key]["shadow"]), key
@@ -260,8 +267,9 @@ DUMPER = """
 import sys
 import torch
 import train
+import utils.train.loop as loop
 
-real_run = train.Trainer.run
+real_run = loop.Trainer.run
 
 def run_and_dump(self):
     # Each rank saves what it holds at the end, so the test can compare the ranks.
@@ -269,7 +277,7 @@ def run_and_dump(self):
     torch.save({name: net.state_dict() for name, net in self.nets.named().items()},
                self.plan.exp_dir / f"rank{self.layout.rank}.pt")
 
-train.Trainer.run = run_and_dump
+loop.Trainer.run = run_and_dump
 if __name__ == "__main__":
     sys.exit(train.run_cli(train.main, sys.argv[1:]))
 """
@@ -280,7 +288,7 @@ def check_ranks_identical(folder: Path) -> None:
     rank0 = torch.load(folder / "rank0.pt", weights_only=True)
     rank1 = torch.load(folder / "rank1.pt", weights_only=True)
     content = read_checkpoint(folder / "content.pth")
-    for name in train.NETWORK_NAMES:
+    for name in NETWORK_NAMES:
         assert states_equal(rank0[name], rank1[name]), name
         assert states_equal(rank0[name], content[f"{name}_dict"]), name
 
@@ -306,7 +314,7 @@ def test_two_gloo_processes_keep_identical_weights(launcher, data, tmp_path, one
     assert len(rows) == TRAIN_SLICES // 2 // 2  # each of the two ranks takes half the slices per epoch
     # Validation is one number over all 3 slices whatever the process count: recompute it in one process.
     args = tiny_args(data, tmp_path)
-    nets = train.build_networks(args, torch.device("cpu"))
+    nets = build_networks(args, torch.device("cpu"))
     content = read_checkpoint(folder / "content.pth")
     for name, net in nets.named().items():
         load_state(net, content[f"{name}_dict"], name)
@@ -387,8 +395,8 @@ def test_train_step_equals_the_original_iteration(data, tmp_path, one_thread):
     """train_step (critic step without generator autograd) gives the original's update and losses, bit for bit."""
     args = tiny_args(data, tmp_path)
     args.lazy_reg = 2
-    train.seed_everything(0)
-    nets = train.build_networks(args, torch.device("cpu"))
+    seed_everything(0)
+    nets = build_networks(args, torch.device("cpu"))
     # Perturb the zero-initialised layers so that every path carries signal.
     with torch.no_grad():
         for net in (nets.gen1, nets.gen2, nets.critic):
@@ -470,8 +478,8 @@ def test_lr_warmup_shrinks_the_first_updates_and_leaves_the_schedule(data, tmp_p
     assert [training.warmup_factor(n, 4) for n in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert training.warmup_factor(0, 0) == 1.0
     args = tiny_args(data, tmp_path)
-    train.seed_everything(0)
-    plain = train.build_networks(args, torch.device("cpu"))
+    seed_everything(0)
+    plain = build_networks(args, torch.device("cpu"))
     warm = copy.deepcopy(plain)
     before = {name: copy.deepcopy(net.state_dict()) for name, net in plain.named().items()}
     items = [SliceDataset(data, "train", CONTRASTS, 64)[i] for i in range(2)]
@@ -536,11 +544,11 @@ def test_the_data_scale_is_recorded_and_must_be_one(data, tmp_path):
     for split in ("train", "val"):
         (copy_ / split / "preprocess.json").write_text(json.dumps({"normalize": "median"}))
     args = train.build_parser().parse_args(argv(copy_, tmp_path / "out", "m"))
-    train.prepare(args)
+    prepare(args)
     assert args.normalize == "median"
     (copy_ / "val" / "preprocess.json").unlink()
     with pytest.raises(UserError, match="train with --normalize median, val with --normalize percentile"):
-        train.prepare(train.build_parser().parse_args(argv(copy_, tmp_path / "out", "m")))
+        prepare(train.build_parser().parse_args(argv(copy_, tmp_path / "out", "m")))
 
 
 def test_readme_command_passes_dry_run(tmp_path, capsys, monkeypatch):
@@ -615,7 +623,7 @@ def scripted_validation(monkeypatch, psnrs: list[float], ssims: list[float] | No
     def fake_validate(*args, **kwargs):
         return {"psnr": queue.pop(0), "ssim": ssim_queue.pop(0), "l1": 0.1}, {}
 
-    monkeypatch.setattr(train, "validate", fake_validate)
+    monkeypatch.setattr(loop, "validate", fake_validate)
 
 
 def test_best_checkpoint_follows_validation_psnr_across_a_resume(data, tmp_path, monkeypatch, one_thread):
@@ -654,10 +662,10 @@ def test_config_file_sets_options_and_the_command_line_wins(data, tmp_path):
     config = tmp_path / "recipe.json"
     config.write_text(json.dumps({"lr_g": 4e-4, "use_ema": True, "ema_decay": 0.9, "ch_mult": [1, 2],
                                   "num_epoch": 3}))
-    parsed = train.parse_with_config(train.build_parser(), ["--config", str(config), "--num_epoch", "5"])
+    parsed = parse_with_config(train.build_parser(), ["--config", str(config), "--num_epoch", "5"])
     assert (parsed.lr_g, parsed.use_ema, parsed.ema_decay, parsed.ch_mult, parsed.num_epoch) == \
         (4e-4, True, 0.9, [1, 2], 5)
-    assert train.parse_with_config(train.build_parser(), []).lr_g == 1.6e-4  # no file: the original defaults
+    assert parse_with_config(train.build_parser(), []).lr_g == 1.6e-4  # no file: the original defaults
     for bad, words in [({"lr_gg": 1}, ['"lr_gg" is not an option']), ({"use_ema": "yes"}, ["true or false"]),
                        ({"progressive": "x"}, ["'x' is not one of"]), ({"ch_mult": 2}, ["must be a list"]),
                        ([1, 2], ["JSON object"])]:
@@ -701,7 +709,7 @@ def test_the_authors_extra_epoch_and_files_their_test_py_reads(run_a, data, tmp_
     assert next(iter(rates[2]))[0] == pytest.approx(training.LR_ETA_MIN + (1.6e-4 - training.LR_ETA_MIN) / 2)
     assert rates[3] == {(training.LR_ETA_MIN, training.LR_ETA_MIN)}
     args = tiny_args(data, tmp_path)
-    for index, net in enumerate(train.build_generators(args), start=1):
+    for index, net in enumerate(build_generators(args), start=1):
         state = read_checkpoint(tmp_path / "c" / f"gen_diffusive_{index}_3.pth")
         assert all(k.startswith("module.") for k in state)
         result = net.load_state_dict({k[7:]: v for k, v in state.items()}, strict=False)

@@ -1,0 +1,1 @@
+"""The MU-Diff library, in layers: core < data < model < eval < train, infer < brasyn (imports point down)."""

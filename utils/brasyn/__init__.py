@@ -1,0 +1,1 @@
+"""BraSyn missing-modality tasks: drop, complete and score whole cases."""

@@ -1,0 +1,180 @@
+"""brasyn.py score: whole-volume SSIM/PSNR of completed cases against the held-back truth."""
+from __future__ import annotations
+from utils.brasyn.cases import BASELINE_SOURCE, _csv_text, case_folders, read_case_folder
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+from skimage.metrics import structural_similarity
+from tqdm import tqdm
+from utils.core.errors import UserError
+from utils.core.fileio import save_json, save_text
+from utils.data.layouts import BRATS_CONTRASTS, Case
+from utils.eval.metrics import SSIM_WINDOW, percentile_minmax, summarize_values
+from utils.data.nifti_io import load_case_volume
+from utils.data.nifti_io import header_shape, load_label
+
+
+METRICS_NAME = "volume_metrics"  # score: <out>/volume_metrics.{csv,json}
+
+
+REGIONS = ("brain", "tumour", "outside_tumour")
+
+
+VOLUME_METRICS = {
+    "normalisation": "each volume (truth and synthesis) separately, as pre_process.py normalises its inputs: clip to "
+                     "the 1st/99th percentile of its voxels > 0, then min-max to [0, 1]",
+    "brain": "voxels that are non-zero in any of the case's three acquired images (the mask the synthesis fills)",
+    "tumour": "voxels of the brain with segmentation label > 0 (any tumour region, either label set)",
+    "outside_tumour": "brain voxels with label 0",
+    "ssim_<region>": "scikit-image structural_similarity of the 3-D volumes (7x7x7 uniform window, data_range 1, "
+                     "K1 0.01, K2 0.03); its SSIM map averaged over the region's voxels",
+    "psnr_<region>": "10 log10(1 / MSE) in dB, MSE over the region's voxels (data_range 1); inf when identical",
+    "baseline_<metric>": "the same metric for the case's acquired image of the most similar contrast (T1 for T1ce, "
+                         "T1ce for T1, FLAIR for T2, T2 for FLAIR), normalised the same way: no learning, no truth",
+}
+
+
+def _grown_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """The mask's bounding box grown by `margin` voxels on every side, inside the volume."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + margin + 1, mask.shape[axis])))
+    return tuple(box)
+
+
+def _psnr(truth: np.ndarray, synth: np.ndarray) -> float:
+    """PSNR (dB) of [0, 1] voxels with data range 1; inf when they are identical, NaN when there are none."""
+    if truth.size == 0:
+        return math.nan
+    mse = float(np.mean((truth - synth) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def volume_metrics(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, tumour: np.ndarray | None
+                   ) -> dict[str, float]:
+    """SSIM and PSNR per region (VOLUME_METRICS) of a synthesised volume against the truth; NaN for an empty region."""
+    if min(truth.shape) < SSIM_WINDOW or not brain.any():
+        raise ValueError(f"volumes of shape {truth.shape} (brain voxels: {int(brain.sum())}) cannot be scored")
+    truth01, synth01 = percentile_minmax(truth), percentile_minmax(synth)
+    # Voxels more than half a window outside the brain cannot reach a brain voxel's SSIM window: leave them out.
+    box = _grown_box(brain, SSIM_WINDOW // 2)
+    if any(s.stop - s.start < SSIM_WINDOW for s in box):
+        box = tuple(slice(0, n) for n in truth.shape)
+    _, ssim_map = structural_similarity(synth01[box], truth01[box], data_range=1.0, win_size=SSIM_WINDOW, full=True)
+    tumour = np.zeros_like(brain) if tumour is None else tumour & brain
+    masks = {"brain": brain, "tumour": tumour, "outside_tumour": brain & ~tumour}
+    result = {}
+    for region, mask in masks.items():
+        inside = mask[box]
+        result[f"ssim_{region}"] = float(ssim_map[inside].mean()) if inside.any() else math.nan
+        result[f"psnr_{region}"] = _psnr(truth01[box][inside], synth01[box][inside])
+    return result
+
+
+@dataclass
+class ScoreJob:
+    """One synthesis to score: the truth case's image and seg, and the completed case."""
+
+    name: str
+    contrast: str
+    truth: Path
+    done: Case
+    label: Path | None
+
+
+def _score_job(truth_case: Case, completed: Path) -> ScoreJob:
+    """Pair a truth case with its completed folder, checking files and grids (headers only) before any scoring."""
+    name = truth_case.folder.name
+    if len(truth_case.images) != 1:
+        raise UserError(f"truth case {name} holds {len(truth_case.images)} images ({', '.join(truth_case.images)}); "
+                        "expected the one dropped image (and the seg), as brasyn.py drop writes them")
+    contrast, truth_path = next(iter(truth_case.images.items()))
+    folder = completed / name
+    if not folder.is_dir():
+        raise UserError(f"--completed {completed} has no case {name}; run brasyn.py complete on its cases first")
+    done = read_case_folder(folder)
+    if contrast not in done.images or len(done.images) < 2:
+        raise UserError(f"completed case {name} in {folder} lacks the {contrast} synthesis or the acquired images; "
+                        "run brasyn.py complete on it")
+    job = ScoreJob(name, contrast, truth_path, done, truth_case.label or done.label)
+    files = {f"truth {contrast}": truth_path, **{f"completed {c}": p for c, p in done.images.items()},
+             **({"seg": job.label} if job.label else {})}
+    shapes = {what: header_shape(path, f"case {name} {what}") for what, path in files.items()}
+    if len(set(shapes.values())) > 1:
+        listing = ", ".join(f"{what} {'x'.join(map(str, shape))}" for what, shape in shapes.items())
+        raise UserError(f"case {name}: the truth and the completed case are on different grids ({listing}); "
+                        "complete the case again from the same images")
+    shape = next(iter(shapes.values()))
+    if min(shape) < SSIM_WINDOW:
+        raise UserError(f"case {name}: volumes of shape {'x'.join(map(str, shape))} are smaller than SSIM's "
+                        f"{SSIM_WINDOW}-voxel window on some axis; score volumes at least {SSIM_WINDOW} voxels wide")
+    return job
+
+
+def _score_case(job: ScoreJob) -> dict:
+    """One row of volume_metrics.csv: the synthesis against the truth, and the baseline against it."""
+    truth = load_case_volume(job.truth, f"truth {job.name} {job.contrast}")[0]
+    synth = load_case_volume(job.done.images[job.contrast], f"completed {job.name} {job.contrast}")[0]
+    acquired = {c: load_case_volume(p, f"completed {job.name} {c}")[0] for c, p in job.done.images.items()
+                if c != job.contrast}
+    tumour = None if job.label is None else load_label(job.label, f"case {job.name} seg") > 0
+    brain = np.any(np.stack([v != 0 for v in acquired.values()]), axis=0)
+    metrics = volume_metrics(truth, synth, brain, tumour)
+    source = BASELINE_SOURCE[job.contrast]
+    baseline = volume_metrics(truth, acquired[source], brain, tumour) if source in acquired else {}
+    return {"case": job.name, "contrast": job.contrast, "file": job.done.images[job.contrast].name,
+            "seg": job.label.name if job.label else "", "brain_voxels": int(brain.sum()),
+            "tumour_voxels": int((tumour & brain).sum()) if tumour is not None else "", **metrics,
+            "baseline": source, **{f"baseline_{k}": baseline.get(k, math.nan) for k in metrics}}
+
+
+def _metric_columns() -> list[str]:
+    """ssim_brain, psnr_brain, ssim_tumour, ..., then the same for the baseline."""
+    plain = [f"{m}_{r}" for r in REGIONS for m in ("ssim", "psnr")]
+    return plain + [f"baseline_{c}" for c in plain]
+
+
+def _summary(rows: list[dict]) -> dict:
+    """mean ± std (and counts) of every metric column, over all cases and per synthesised contrast."""
+    groups = {"all": rows}
+    groups.update({c: [r for r in rows if r["contrast"] == c] for c in BRATS_CONTRASTS
+                   if any(r["contrast"] == c for r in rows)})
+    return {group: {"cases": len(members),
+                    **{col: summarize_values(r[col] for r in members).as_dict() for col in _metric_columns()}}
+            for group, members in groups.items()}
+
+
+def _table(summary: dict) -> str:
+    """The summary as a printed table: one line per metric, one column per group."""
+    groups = list(summary)
+    titles = [f"{g} ({summary[g]['cases']})" for g in groups]
+    lines = [" " * 30 + "".join(f"{t:>18}" for t in titles)]
+    for col in _metric_columns():
+        cells = []
+        for g in groups:
+            s = summary[g][col]
+            cells.append(f"{s['mean']:.3f} ± {s['std']:.3f}" if s["mean"] is not None else "n/a")
+        lines.append(f"  {col:28}" + "".join(f"{c:>18}" for c in cells))
+    return "\n".join(lines)
+
+
+def score_cases(args: argparse.Namespace) -> list[dict]:
+    """Volume metrics of every truth case's synthesis: <out>/volume_metrics.csv (per case) and .json (summary)."""
+    truth_root, completed, out = Path(args.truth), Path(args.completed), Path(args.out)
+    if not completed.is_dir():
+        raise UserError(f"--completed {completed} is not a folder")
+    jobs = [_score_job(read_case_folder(f), completed) for f in case_folders(truth_root, "--truth")]
+    with tqdm(jobs, desc="scoring", unit="case") as bar:
+        rows = [_score_case(job) for job in bar]
+    summary = _summary(rows)
+    save_text(_csv_text(rows), out / f"{METRICS_NAME}.csv")
+    save_json({"definitions": VOLUME_METRICS, "summary": summary}, out / f"{METRICS_NAME}.json")
+    print(f"volume metrics of {len(rows)} synthesised volumes (mean ± std over cases; SSIM, PSNR in dB):")
+    print(_table(summary))
+    print(f"per case: {out / METRICS_NAME}.csv; summary and definitions: {out / METRICS_NAME}.json")
+    return rows

@@ -1,0 +1,1 @@
+"""Bottom layer: errors, file I/O, options and the on-disk contract."""

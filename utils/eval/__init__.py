@@ -1,0 +1,1 @@
+"""Evaluation: metric protocols, results folders, plots and comparisons (training's validation uses them)."""

@@ -1,0 +1,1 @@
+"""Inference: loading an experiment, sampling, baselines, volumes and test.py's outputs."""

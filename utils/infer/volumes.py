@@ -1,0 +1,118 @@
+"""Whole-volume synthesis: a case's NIfTI files in, a NIfTI volume on the case's grid out."""
+from __future__ import annotations
+from utils.data.brain import brain_mask
+from utils.data.nifti_io import load_case_volume, save_like
+from utils.data.layouts import strip_nifti_suffix
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+import nibabel as nib
+import numpy as np
+import torch
+from skimage.transform import resize
+from tqdm import tqdm
+from utils.data.geometry import from_model_space, to_model_space
+from utils.core.errors import UserError
+from utils.infer.experiment import Experiment
+from utils.infer.sampling import synthesize
+from utils.data.preprocessing import DEFAULT_NORMALIZATION, normalize_volume, resize_slices
+
+
+@dataclass
+class CaseSynthesis:
+    """Synthesised maps of one case as (H, W, D) float32 volumes in [0, 1], zero outside the brain."""
+
+    maps: dict[str, np.ndarray]  # "synth", and with uncertainty "disagreement" (and "critic" when available)
+    brain: np.ndarray
+    slices: list[int]
+    reference: nib.Nifti1Image
+
+
+@dataclass
+class VolumeResult:
+    """Where a synthesised volume went and what was synthesised."""
+
+    path: Path
+    shape: tuple[int, ...]
+    slices: list[int]
+    extra_paths: dict[str, Path]
+
+
+def volume_to_model_slices(volume: np.ndarray, slice_indices: Sequence[int], image_size: int,
+                           name: str = "volume", method: str = DEFAULT_NORMALIZATION) -> torch.Tensor:
+    """Normalise a volume as pre_process.py --normalize `method` does; the chosen axial slices in model space."""
+    # float64 until after the resize, then float32: the arithmetic of the preprocessed training arrays.
+    normalised = normalize_volume(volume, name, dtype=np.float64, method=method)
+    axial = np.moveaxis(normalised, 2, 0)[list(slice_indices)]
+    return to_model_space(resize_slices(axial, image_size).astype(np.float32), image_size)
+
+
+def model_slices_to_volume(slices: torch.Tensor, slice_indices: Sequence[int], shape: tuple[int, int, int],
+                           image_size: int) -> np.ndarray:
+    """Inverse of volume_to_model_slices: model-space slices back to a (H, W, D) float32 volume in [0, 1]."""
+    square = from_model_space(slices, (image_size, image_size))
+    height, width, depth = shape
+    volume = np.zeros(shape, dtype=np.float32)
+    for k, index in enumerate(slice_indices):
+        # Same interpolation family as the forward resize (bilinear, anti-aliased when shrinking).
+        volume[:, :, index] = resize(square[k], (height, width), order=1, mode="constant", anti_aliasing=True,
+                                     preserve_range=True)
+    return np.clip(volume, 0, 1)
+
+
+def _batches(items: Sequence[int], size: int) -> list[list[int]]:
+    """Split `items` into consecutive lists of at most `size`."""
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def synthesize_case(exp: Experiment, cond_paths: Sequence[str | Path], batch_size: int = 1,
+                    uncertainty: bool = False, slice_indices: Sequence[int] | None = None,
+                    progress: Callable = tqdm) -> CaseSynthesis:
+    """Synthesise the target for a case's three conditioning NIfTI files, in the inputs' voxel grid.
+
+    By default every axial slice with brain is synthesised; `slice_indices` picks some (e.g. one for a preview).
+    """
+    loaded = [load_case_volume(p, f"--cond{i + 1}") for i, p in enumerate(cond_paths)]
+    volumes = [v for v, _ in loaded]
+    if len({v.shape for v in volumes}) != 1:
+        raise UserError("the conditioning volumes differ in shape ("
+                        + ", ".join(f"{Path(p).name} {v.shape}" for p, v in zip(cond_paths, volumes))
+                        + "); resample them to one grid first")
+    mask = brain_mask(volumes)
+    brain_slices = [int(k) for k in np.flatnonzero(mask.any(axis=(0, 1)))]
+    chosen = brain_slices if slice_indices is None else [int(k) for k in slice_indices]
+    size = exp.args.image_size
+    conds = [volume_to_model_slices(v, chosen, size, f"--cond{i + 1}", exp.args.normalize)
+             for i, v in enumerate(volumes)]
+    # Everything is collected in model space [-1, 1] so one inverse (from_model_space) maps it back; the
+    # uncertainty maps are [0, 1] quantities, hence the 2m − 1.
+    outputs: dict[str, list[torch.Tensor]] = {"synth": [], "disagreement": [], "critic": []}
+    for chunk in progress(_batches(range(len(chosen)), batch_size), desc="slices", unit="batch"):
+        result = synthesize(exp, *(c[chunk] for c in conds), uncertainty=uncertainty)
+        outputs["synth"].append(result.sample.cpu())
+        for name, value in (("disagreement", result.disagreement), ("critic", result.critic_map)):
+            if value is not None:
+                outputs[name].append((value * 2 - 1).cpu())
+    shape = volumes[0].shape
+    maps = {name: model_slices_to_volume(torch.cat(parts), chosen, shape, size) * mask
+            for name, parts in outputs.items() if parts}
+    return CaseSynthesis(maps=maps, brain=mask, slices=chosen, reference=loaded[0][1])
+
+
+def synthesize_volume(exp: Experiment, cond_paths: Sequence[str | Path], out_path: str | Path,
+                      batch_size: int = 1, uncertainty: bool = False,
+                      progress: Callable = tqdm) -> VolumeResult:
+    """Synthesise every brain slice of a case and write the target (and uncertainty) volumes as NIfTI."""
+    case = synthesize_case(exp, cond_paths, batch_size, uncertainty, progress=progress)
+    out_path = Path(out_path)
+    written = {name: save_like(volume, case.reference, out_path if name == "synth" else _sibling(out_path, name))
+               for name, volume in case.maps.items()}
+    extra = {k: v for k, v in written.items() if k != "synth"}
+    return VolumeResult(path=out_path, shape=case.brain.shape, slices=case.slices, extra_paths=extra)
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    """`target.nii.gz` -> `target_<tag>.nii.gz` in the same folder."""
+    stem = strip_nifti_suffix(path.name)
+    return path.with_name(f"{stem}_{tag}{path.name[len(stem):]}")

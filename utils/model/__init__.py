@@ -1,0 +1,1 @@
+"""Model support: the diffusion process, checkpoints and speed options (networks live in backbones/)."""

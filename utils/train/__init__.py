@@ -1,0 +1,1 @@
+"""Training: the step, the loop, EMA, logs, resume and process launch."""
