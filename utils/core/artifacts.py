@@ -3,19 +3,40 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 from typing import Any
+
 from utils.core.errors import UserError
 from utils.core.fileio import load_json, save_json
-import re
 
+# --- The experiment folder (OUTPUT_PATH/EXP, written by train.py) -------------------------------------------------
 
 CONFIG_NAME = "config.json"
+# Recorded in config.json beside the options: the preprocessed arrays hold [0, 1], the networks see [-1, 1].
+VALUE_RANGES = {"data_value_range": [0.0, 1.0], "model_value_range": [-1.0, 1.0]}
+CONTENT_NAME = "content.pth"  # everything --resume needs
+CONTENT_FORMAT = "mu-diff-train/1"  # stamped into content.pth; a different stamp is refused on load
+TRAIN_LOG = "log.csv"
+VAL_LOG = "val.csv"
+CURVES = "curves.png"
+SAMPLE_FIGURE_GLOB = "sample_discrete_epoch_*.png"
+GENERATOR_NAMES = ("gen_diffusive_1", "gen_diffusive_2")  # the published checkpoints' names
+NETWORK_NAMES = ("gen_diffusive_1", "gen_diffusive_2", "disc_diffusive_2", "att_conv")
+BEST = "best"  # --epoch best: gen_diffusive_{1,2}_best.pth, kept by train.py
+# content.pth keys of the critic and of the attention projection that turns its features into a map.
+CRITIC_KEY = "disc_diffusive_2_dict"
+ATTENTION_KEY = "att_conv_dict"
 
 
 def experiment_dir(args: argparse.Namespace) -> Path:
     """OUTPUT_PATH/EXP."""
     return Path(args.output_path) / args.exp
+
+
+def sample_figure_name(epoch: int) -> str:
+    """File name of the preview grid train.py saves after epoch `epoch`."""
+    return SAMPLE_FIGURE_GLOB.replace("*", str(epoch))
 
 
 def _jsonable(value: Any) -> Any:
@@ -44,41 +65,12 @@ def load_config(folder: str | os.PathLike) -> dict | None:
     return load_json(path, "delete it or restore it from the training run")
 
 
-SPLITS = ("train", "val", "test")
-
-
-BRAIN_MASK = "brain_mask"
-
-
-LESION_MASK = "lesion_mask"
-
-
-MANIFEST = "manifest.csv"
-
-
-MANIFEST_COLUMNS = ("index", "case_id", "slice_index")
-
-
-INFO = "preprocess.json"
-
-
-GENERATOR_NAMES = ("gen_diffusive_1", "gen_diffusive_2")
-
-
-CONTENT_NAME = "content.pth"
-
-
-BEST = "best"  # --epoch best: gen_diffusive_{1,2}_best.pth, kept by train.py
-
-
-# content.pth keys (train.py) of the critic and of the attention projection that turns its features into a map.
-CRITIC_KEY = "disc_diffusive_2_dict"
-
-
-ATTENTION_KEY = "att_conv_dict"
-
-
-OUTPUT_DIR_NAME = "generated_samples"
+def check_content_format(content: dict, path: Path) -> None:
+    """Refuse a content.pth stamped with another format than this version writes (unstamped files are older runs)."""
+    stamp = content.get("format")
+    if stamp is not None and stamp != CONTENT_FORMAT:
+        raise UserError(f"{path} has format {stamp!r}, but this version reads {CONTENT_FORMAT!r}; use the version "
+                        "that wrote it, or train again")
 
 
 def available_epochs(exp_dir: Path) -> list[int]:
@@ -107,13 +99,24 @@ def generator_files(exp_dir: Path, epoch: int | str | None = None) -> tuple[Path
     return paths  # type: ignore[return-value]
 
 
-CONTENT = "content.pth"
+# --- The preprocessed split folder (INPUT_PATH/<split>/, written by pre_process.py) ----------------------------------
+
+SPLITS = ("train", "val", "test")
+INFO = "preprocess.json"
+MANIFEST = "manifest.csv"
+MANIFEST_COLUMNS = ("index", "case_id", "slice_index")
+BRAIN_MASK = "brain_mask"
+LESION_MASK = "lesion_mask"
+
+# --- The results folder (OUTPUT_PATH/EXP/generated_samples/, written by test.py, read by metric_calc.py) -------------
+
+OUTPUT_DIR_NAME = "generated_samples"
+SAMPLES_MANIFEST = "manifest.csv"  # which split slice each output index is
 
 
-CONTENT_FORMAT = "mu-diff-train/1"
-
-
-NETWORK_NAMES = ("gen_diffusive_1", "gen_diffusive_2", "disc_diffusive_2", "att_conv")
+def baseline_output_dir(kind: str) -> str:
+    """Name of the results folder of test.py --baseline KIND, next to generated_samples/."""
+    return f"{OUTPUT_DIR_NAME}_baseline_{kind}"
 
 
 # Output name -> (PNG folder, .npy stack), both relative to generated_samples/.
@@ -125,6 +128,16 @@ OUTPUTS = {
     "disagreement": ("uncertainty/disagreement", "uncertainty/disagreement.npy"),
     "critic_attention": ("uncertainty/critic_attention", "uncertainty/critic_attention.npy"),
 }
+VOLUMES_DIR_NAME = "generated_volumes"  # test.py --nifti's default output folder, in the experiment folder
+# metric_calc.py's outputs, next to the results folder's stacks unless --out says otherwise.
+METRICS_CSV = "metrics_per_slice.csv"
+METRICS_JSON = "metrics_summary.json"
+METRICS_FIGURE = "metrics_distribution.png"
+
+
+def output_stack(name: str) -> str:
+    """Path of output `name`'s .npy stack inside the results folder."""
+    return OUTPUTS[name][1]
 
 
 def slice_name(index: int) -> str:

@@ -9,7 +9,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 from utils.core.errors import UserError
-from utils.infer.baselines import BASELINES
 
 
 # Options that fix the networks' shapes and the diffusion process: a checkpoint is only usable with the same values,
@@ -27,6 +26,37 @@ DIFFUSION_KEYS = ("num_timesteps", "beta_min", "beta_max", "use_geometric")
 
 # "normalize" is not an option: train.py records the --normalize of its data (preprocess.json) with them.
 DATA_KEYS = ("dataset", "target", "contrasts", "normalize")
+# Where the run's data was: test.py takes it from config.json unless it is given on the command line.
+PATH_KEYS = ("input_path",)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help for every script: each option under its first spelling only, with its default when it has one."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        """Show one spelling: the aliases (other-style spellings, the original's names) still parse."""
+        if not action.option_strings or len(action.option_strings) == 1:
+            return super()._format_action_invocation(action)
+        return super()._format_action_invocation(argparse.Action([action.option_strings[0]], action.dest,
+                                                                 nargs=action.nargs, metavar=action.metavar))
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        """Append the default, except for unset ones (None) and plain switches (False)."""
+        if action.default in (None, False, argparse.SUPPRESS) or isinstance(action, argparse._StoreFalseAction):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def spellings(name: str) -> tuple[str, str]:
+    """--a_b and --a-b: every multi-word option accepts both (underscores are the original's style)."""
+    flag = name.lstrip("-").replace("-", "_")
+    return f"--{flag}", f"--{flag.replace('_', '-')}"
+
+
+def add_disabling_flag(group: argparse._ArgumentGroup, name: str, what: str) -> None:
+    """One of the original's switches that are on by default, off when given: --NAME (as the original) or --no_NAME."""
+    group.add_argument(f"--no_{name}", f"--{name}", dest=name, action="store_false", default=True,
+                       help=f"turn OFF: {what} (on by default; the original's --{name} flag also turns it off)")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +64,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--image_size", type=int, default=256, help="slice size the networks are built for")
     g.add_argument("--num_channels", type=int, default=1, help="image channels (MRI slices: 1)")
-    g.add_argument("--centered", action="store_false", default=True, help="data already in [-1, 1]")
+    add_disabling_flag(g, "centered", "data already in [-1, 1]")
     g.add_argument("--num_channels_dae", type=int, default=64, help="base channel width of the generators")
     g.add_argument("--n_mlp", type=int, default=3, help="depth of the latent z mapping")
     g.add_argument("--ch_mult", nargs="+", type=int, default=[1, 2, 4], help="channel multiplier per level")
@@ -42,11 +72,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--attn_resolutions", nargs="+", type=int, default=[16],
                    help="resolutions with self-attention (the mid-block always has one)")
     g.add_argument("--dropout", type=float, default=0.0, help="dropout in the residual blocks")
-    g.add_argument("--resamp_with_conv", action="store_false", default=True, help="resample with convolutions")
-    g.add_argument("--conditional", action="store_false", default=True, help="condition on the timestep")
-    g.add_argument("--fir", action="store_false", default=True, help="FIR up/down-sampling")
+    add_disabling_flag(g, "resamp_with_conv", "resample with convolutions")
+    add_disabling_flag(g, "conditional", "condition on the timestep")
+    add_disabling_flag(g, "fir", "FIR up/down-sampling")
     g.add_argument("--fir_kernel", nargs="+", type=int, default=[1, 3, 3, 1], help="FIR kernel")
-    g.add_argument("--skip_rescale", action="store_false", default=True, help="divide skip sums by sqrt(2)")
+    add_disabling_flag(g, "skip_rescale", "divide skip sums by sqrt(2)")
     g.add_argument("--resblock_type", default="biggan", choices=["biggan"], help="residual block type")
     g.add_argument("--progressive", default="none", choices=["none", "output_skip", "residual"],
                    help="progressive output path")
@@ -144,6 +174,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
 
 # Validation scores train.py can choose its best checkpoint by (columns of val.csv).
 BEST_METRICS = ("psnr", "ssim")
+BASELINES = ("linear", "quadratic")  # test.py --baseline: utils/infer/baselines.py fits them
 
 
 def add_train_control_args(parser: argparse.ArgumentParser) -> None:
@@ -193,7 +224,8 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 # Keys save_config records beside the options; a run's config.json can be given as --config without them failing.
-RECORDED_ONLY = ("contrast_order", "world_size", "config")
+RECORDED_ONLY = ("contrast_order", "world_size", "config", "data_value_range", "model_value_range",
+                 "train_slice_range")
 
 
 def _config_value(action: argparse.Action, key: str, value: Any, path: Path) -> Any:
@@ -284,6 +316,9 @@ def add_test_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--limit", type=int, default=None, help="synthesise only the first N slices (a quick check)")
     g.add_argument("--save_uncertainty", action="store_true", default=False,
                    help="also write the critic attention map and the two generators' disagreement per slice")
+    g.add_argument("--overwrite", action="store_true", default=False,
+                   help="replace the results of an earlier run (generated_samples*/ or the --nifti output); "
+                        "without it test.py stops rather than overwrite them")
     n = parser.add_argument_group("whole-volume NIfTI synthesis")
     n.add_argument("--nifti", action="store_true", default=False,
                    help="synthesise a whole volume from NIfTI files (--cond1/2/3 or --case) instead of test slices")
@@ -294,6 +329,15 @@ def add_test_args(parser: argparse.ArgumentParser) -> None:
                    help="BraTS-style case folder with <case>_<contrast>.nii.gz files (instead of --cond1/2/3)")
     n.add_argument("--out", default=None,
                    help="output NIfTI (default: OUTPUT_PATH/EXP/generated_volumes/<case>_<target>.nii.gz)")
+    add_volume_sampling_args(n)
+
+
+def add_volume_sampling_args(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How the slices of one volume are sampled (test.py --nifti and brasyn.py complete)."""
+    group.add_argument("--shared_noise", action="store_true", default=False,
+                       help="new: draw the sampler's noise (initial image, latent z and posterior noise of every "
+                            "step) once per volume and use it for every slice, so neighbouring slices do not differ "
+                            "by their noise; off, every slice gets fresh noise, as in the original")
 
 
 def epoch_choice(value: str) -> int | str:
@@ -309,10 +353,26 @@ def epoch_choice(value: str) -> int | str:
     return epoch
 
 
-def make_parser() -> argparse.ArgumentParser:
+def train_parser() -> argparse.ArgumentParser:
+    """The train.py parser: every option of the original train.py (README command included) plus the new ones."""
+    parser = argparse.ArgumentParser("train.py", description="Train MU-Diff (two generators, one shared critic).",
+                                     formatter_class=HelpFormatter)
+    add_model_args(parser)
+    add_diffusion_args(parser)
+    add_data_args(parser)
+    add_run_args(parser, batch_help="slices per process per step (the README uses 3)")
+    add_training_args(parser)
+    add_train_control_args(parser)
+    add_speed_args(parser, training=True)
+    add_config_arg(parser)
+    return parser
+
+
+def synthesis_parser() -> argparse.ArgumentParser:
     """The test.py parser: the shared model/diffusion/data/run options, the original's extra flags, test options."""
     parser = argparse.ArgumentParser(
-        "test.py", description="Synthesise the target contrast with a trained MU-Diff pair of generators.")
+        "test.py", description="Synthesise the target contrast with a trained MU-Diff pair of generators.",
+        formatter_class=HelpFormatter)
     add_model_args(parser)
     add_diffusion_args(parser)
     add_data_args(parser)

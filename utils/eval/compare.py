@@ -7,6 +7,7 @@ import numpy as np
 from utils.core.errors import UserError
 from utils.eval.metrics import Summary, plain_metrics, summarize, summarize_values
 from utils.eval.results import evaluate_set, load_results_folder
+from utils.core.artifacts import output_stack
 
 
 # Rows of the comparison table: (key, title). brain_plain is the plain metric restricted to the brain mask.
@@ -39,8 +40,8 @@ def enhancement_drawn(folder: str | Path, baseline: str | Path, threshold: float
     """Share of the enhancement a synthesis draws: mean(synth - linear) / mean(truth - linear) over the pixels where
     the truth exceeds the linear baseline by more than `threshold` (0: none of it, like the baseline; 1: all of it);
     None when no pixel does (no enhancing lesion in these slices)."""
-    synth, real = np.load(Path(folder) / "synth.npy"), np.load(Path(folder) / "real.npy")
-    linear = np.load(Path(baseline) / "synth.npy")
+    synth, real = np.load(Path(folder) / output_stack("synth")), np.load(Path(folder) / output_stack("real"))
+    linear = np.load(Path(baseline) / output_stack("synth"))
     if linear.shape != real.shape:
         raise UserError(f"{baseline} holds {len(linear)} slices and {folder} {len(real)}: synthesise the same split")
     enhanced = (real - linear) > threshold

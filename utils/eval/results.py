@@ -11,6 +11,7 @@ from utils.core.fileio import load_npy
 from utils.data.images import RANGE_TOLERANCE, list_images, pair_by_name, read_image_file, read_mask, require_names, unit_image
 from utils.core.fileio import natural_key
 from utils.eval.metrics import METRICS, _check_pair, as_saved_image, plain_metrics, saved_image_metrics
+from utils.core.artifacts import OUTPUT_DIR_NAME, output_stack
 
 
 # --------------------------------------------------------------------------- evaluation of many slices
@@ -79,14 +80,6 @@ def evaluate_set(data: EvalSet, progress: bool = True) -> list[dict[str, Any]]:
     return rows
 
 
-def evaluate_pairs(real: Sequence[np.ndarray], synth: Sequence[np.ndarray],
-                   brain_masks: Sequence[np.ndarray] | None = None, lesion_masks: Sequence[np.ndarray] | None = None,
-                   names: Sequence[str] | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Per-slice rows for in-memory [0, 1] slices ((N, H, W) arrays or lists of 2-D arrays) and optional masks."""
-    names = list(names) if names is not None else [f"slice_{i:05d}" for i in range(len(real))]
-    return evaluate_set(EvalSet(names, real, synth, brain_masks, lesion_masks), progress)
-
-
 # --------------------------------------------------------------------------- loading folders
 def load_image_dirs(real_dir: str | os.PathLike, synth_dir: str | os.PathLike,
                     mask_dir: str | os.PathLike | None = None,
@@ -136,13 +129,13 @@ def _stack_names(folder: Path, count: int) -> list[str]:
 
 def _load_stacks(folder: Path) -> EvalSet:
     """Read the float .npy stacks test.py writes (real.npy, synth.npy, brain_mask.npy, lesion_mask.npy)."""
-    real = _load_stack(folder / "real.npy", is_mask=False)
-    synth = _load_stack(folder / "synth.npy", is_mask=False)
+    real = _load_stack(folder / output_stack("real"), is_mask=False)
+    synth = _load_stack(folder / output_stack("synth"), is_mask=False)
     masks = {}
     for protocol in ("brain", "lesion"):
         path = folder / f"{protocol}_mask.npy"
         masks[protocol] = _load_stack(path, is_mask=True) if path.is_file() else None
-    for path, stack in [(folder / "synth.npy", synth)] + [(folder / f"{p}_mask.npy", s) for p, s in masks.items()
+    for path, stack in [(folder / output_stack("synth"), synth)] + [(folder / f"{p}_mask.npy", s) for p, s in masks.items()
                                                           if s is not None]:
         if stack.shape != real.shape:
             raise UserError(f"{path} has shape {stack.shape} but {folder / 'real.npy'} has {real.shape}")
@@ -155,9 +148,9 @@ def resolve_results_folder(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"results folder {folder} does not exist")
-    if (folder / "generated_samples").is_dir():
-        folder = folder / "generated_samples"
-    if not ((folder / "real.npy").is_file() or (folder / "real").is_dir()):
+    if (folder / OUTPUT_DIR_NAME).is_dir():
+        folder = folder / OUTPUT_DIR_NAME
+    if not ((folder / output_stack("real")).is_file() or (folder / "real").is_dir()):
         raise UserError(f"{folder} is not a folder written by test.py (no real.npy and no real/ folder); "
                         "pass --real DIR --synth DIR instead")
     return folder
@@ -166,7 +159,7 @@ def resolve_results_folder(folder: str | os.PathLike) -> Path:
 def load_results_folder(folder: str | os.PathLike) -> EvalSet:
     """Slices from test.py's output: the .npy stacks when present (exact floats), else the PNG folders."""
     folder = resolve_results_folder(folder)
-    if (folder / "real.npy").is_file() and (folder / "synth.npy").is_file():
+    if (folder / output_stack("real")).is_file() and (folder / output_stack("synth")).is_file():
         return _load_stacks(folder)
     masks = {p: folder / "mask" / p for p in ("brain", "lesion")}
     return load_image_dirs(folder / "real", folder / "synth",
@@ -177,10 +170,3 @@ def load_results_folder(folder: str | os.PathLike) -> EvalSet:
 def evaluate_folder(folder: str | os.PathLike, progress: bool = True) -> list[dict[str, Any]]:
     """Per-slice rows for a folder written by test.py (see load_results_folder)."""
     return evaluate_set(load_results_folder(folder), progress)
-
-
-def evaluate_dirs(real_dir: str | os.PathLike, synth_dir: str | os.PathLike,
-                  mask_dir: str | os.PathLike | None = None, lesion_mask_dir: str | os.PathLike | None = None,
-                  progress: bool = True) -> list[dict[str, Any]]:
-    """Per-slice rows for separate real, synthetic and optional brain/lesion mask folders paired by name."""
-    return evaluate_set(load_image_dirs(real_dir, synth_dir, mask_dir, lesion_mask_dir), progress)

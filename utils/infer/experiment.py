@@ -1,7 +1,7 @@
 """An experiment folder loaded for synthesis: its config.json, generator weights and (optionally) critic."""
 from __future__ import annotations
-from utils.core.artifacts import ATTENTION_KEY, CONTENT_NAME, CRITIC_KEY, generator_files
-from utils.core.options import make_parser
+from utils.core.artifacts import ATTENTION_KEY, CONTENT_NAME, CRITIC_KEY, check_content_format, generator_files
+from utils.core.options import synthesis_parser
 from utils.core.runtime import resolve_device
 
 import argparse
@@ -14,21 +14,31 @@ from utils.model.checkpoint import load_state, read_checkpoint
 from utils.data.contrasts import resolve_contrasts
 from utils.model.diffusion import Posterior_Coefficients
 from utils.model.speed import SpeedOptions, prepare_generators, prepare_process
-from utils.core.options import DATA_KEYS, DIFFUSION_KEYS, MODEL_KEYS, apply_config
+from utils.core.options import DATA_KEYS, DIFFUSION_KEYS, MODEL_KEYS, PATH_KEYS, apply_config
 from utils.core.artifacts import experiment_dir, load_config
 from utils.data.preprocessing import DEFAULT_NORMALIZATION
 
 
+def _take_paths(args: argparse.Namespace, config: dict, parser: argparse.ArgumentParser) -> None:
+    """Use the data folder the run was trained on when the command line leaves --input_path at its default."""
+    for key in PATH_KEYS:
+        if key in config and getattr(args, key, None) == parser.get_default(key):
+            setattr(args, key, config[key])
+
+
 def configure(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> dict | None:
     """Take the network, schedule and contrast settings from EXP/config.json when the experiment has one."""
-    parser = parser or make_parser()
+    parser = parser or synthesis_parser()
     config = load_config(experiment_dir(args))
     if config is not None:
         apply_config(args, config, parser, keys=MODEL_KEYS + DIFFUSION_KEYS)
         # The networks only make sense for the contrast order they were trained on, so a config's order wins.
         apply_config(args, config, parser, keys=DATA_KEYS)
+        _take_paths(args, config, parser)
     # Runs from before train.py recorded their data's scale, and the published weights, used the original's.
     args.normalize = config.get("normalize", DEFAULT_NORMALIZATION) if config else DEFAULT_NORMALIZATION
+    # The axial slices the training split held ([first, last]); None for runs from before train.py recorded them.
+    args.train_slice_range = config.get("train_slice_range") if config else None
     args.contrasts = resolve_contrasts(args.dataset, args.target, args.contrasts)
     return config
 
@@ -58,6 +68,7 @@ def _load_critic(args: argparse.Namespace, exp_dir: Path, device: torch.device) 
                             f"is unavailable; the generators' disagreement map is still written")
     # content.pth of the original stored its options as an argparse.Namespace: still only plain data.
     content = read_checkpoint(path, allow_namespace=True)
+    check_content_format(content, path)
     if CRITIC_KEY not in content or ATTENTION_KEY not in content:
         return None, None, (f"{path} holds no critic or attention-projection weights ({CRITIC_KEY}, "
                             f"{ATTENTION_KEY}), so the critic attention map is unavailable; the generators' "
@@ -100,7 +111,7 @@ def experiment_args(exp_dir: str | Path, epoch: int | str | None = None, device:
     a config.json, when present, takes precedence over them, as in test.py.
     """
     exp_dir = Path(exp_dir)
-    parser = make_parser()
+    parser = synthesis_parser()
     args = parser.parse_args(["--output_path", str(exp_dir.parent), "--exp", exp_dir.name, "--device", device])
     args.epoch = epoch
     for key, value in overrides.items():

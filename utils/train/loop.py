@@ -1,6 +1,6 @@
 """The training loop: epochs, validation, checkpoints, resume."""
 from __future__ import annotations
-from utils.core.artifacts import CONTENT, CONTENT_FORMAT
+from utils.core.artifacts import CONTENT_FORMAT, CONTENT_NAME, CURVES, TRAIN_LOG, VAL_LOG, sample_figure_name
 from utils.train.plan import RunPlan
 from utils.train.resume import _normalise
 from utils.train.resume import read_content, rng_state, set_rng_state
@@ -22,7 +22,7 @@ from utils.model.diffusion import Diffusion_Coefficients, Posterior_Coefficients
 from utils.train.distributed import ProcessLayout, all_reduce_mean, barrier, broadcast_module, gather_objects
 from utils.model.speed import SpeedOptions, autocast_context, prepare_generators, prepare_module, prepare_process
 from utils.core.fileio import save_torch
-from utils.core.artifacts import save_config
+from utils.core.artifacts import VALUE_RANGES, save_config
 from utils.eval.plots import plot_curves, save_sample_grid
 from utils.train.steps import LOSS_NAMES, Batch, Diffusion, build_optimisers, step_schedulers, train_step
 from utils.train.validation import VAL_NAMES, validate, validation_batches
@@ -65,10 +65,10 @@ class Trainer:
                               args.num_timesteps)
         self.epoch, self.global_step, self.sampler_seed = plan.start_epoch, 0, args.seed
         exp = plan.exp_dir
-        self.log = CsvLog(exp / "log.csv", ["epoch", "iteration", "global_step", *LOSS_NAMES, "lr_g", "lr_d"])
-        self.val_log = CsvLog(exp / "val.csv", ["epoch", "global_step", *VAL_NAMES, "best_epoch", "seconds"])
+        self.log = CsvLog(exp / TRAIN_LOG, ["epoch", "iteration", "global_step", *LOSS_NAMES, "lr_g", "lr_d"])
+        self.val_log = CsvLog(exp / VAL_LOG, ["epoch", "global_step", *VAL_NAMES, "best_epoch", "seconds"])
         if args.resume:
-            self._restore(exp / CONTENT)
+            self._restore(exp / CONTENT_NAME)
             self.log.load_until(self.epoch)
             self.val_log.load_until(self.epoch)
         self.best = best_so_far(self.val_log, args.best_metric)
@@ -145,7 +145,7 @@ class Trainer:
         """Train epochs plan.start_epoch+1 .. plan.stop_epoch (1-based), validating and saving after each."""
         if self.layout.is_main:
             save_config(self.args, self.plan.exp_dir, contrast_order=self.plan.contrasts,
-                        image_size=self.args.image_size, world_size=self.layout.world_size)
+                        world_size=self.layout.world_size, **VALUE_RANGES)
         while self.epoch < self.plan.stop_epoch:
             started = time.time()
             lrs = self.train_epoch()
@@ -219,14 +219,14 @@ class Trainer:
         if preview:
             names = dict(zip(("cond1", "cond2", "cond3"), self.plan.contrasts[:3]))
             preview = {names.get(k, k): v for k, v in preview.items()}
-            save_sample_grid(preview, exp / f"sample_discrete_epoch_{number}.png",
+            save_sample_grid(preview, exp / sample_figure_name(number),
                              title=f"epoch {number}: " + ", ".join(self.plan.contrasts[:3])
                              + f" -> {self.plan.contrasts[3]}")
         self.log.save()
         self.val_log.save()
         plot_curves(self.log.column("global_step"), {k: self.log.column(k) for k in LOSS_NAMES},
                     self.val_log.column("epoch"), {k: self.val_log.column(k) for k in VAL_NAMES},
-                    exp / "curves.png")
+                    exp / CURVES)
         state1, state2 = self.generator_states()
         save_torch(state1, exp / "gen_diffusive_1.pth")
         save_torch(state2, exp / "gen_diffusive_2.pth")
@@ -237,7 +237,7 @@ class Trainer:
             save_torch(state1, exp / "gen_diffusive_1_best.pth")
             save_torch(state2, exp / "gen_diffusive_2_best.pth")
         if number % args.save_content_every == 0 or number == self.plan.stop_epoch:
-            save_torch(self.content(rng_states), exp / CONTENT)
+            save_torch(self.content(rng_states), exp / CONTENT_NAME)
 
 
 def best_so_far(val_log: CsvLog, metric: str = "psnr") -> tuple[float, int]:

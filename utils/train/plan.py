@@ -1,6 +1,6 @@
 """What a training run will do, decided before any process starts: options checked, data checked, ports chosen."""
 from __future__ import annotations
-from utils.core.artifacts import CONTENT
+from utils.core.artifacts import CONTENT_NAME
 from utils.train.steps import build_networks, count_parameters
 from utils.train.resume import check_resume
 
@@ -16,7 +16,7 @@ from utils.train.distributed import LaunchPlan, free_port, plan_launch, port_is_
 from utils.core.errors import UserError
 from utils.model.speed import SpeedOptions
 from utils.core.artifacts import experiment_dir
-from utils.data.preprocessing import data_normalization
+from utils.data.preprocessing import data_normalization, split_slice_range
 
 
 MIN_IMAGE_SIZE = 64  # the critic halves the image six times
@@ -65,6 +65,8 @@ def check_data(args: Namespace, contrasts: list[str], world_size: int) -> tuple[
     # Kept with the options (config.json, content.pth) so that test.py prepares new data on the same scale.
     args.normalize = data_normalization(args.input_path, ["train", "val"])
     train_dir = Path(args.input_path) / "train"
+    # Kept too, so that a whole-volume synthesis can say which of its slices lie outside what the model saw.
+    args.train_slice_range = split_slice_range(train_dir)
     if args.lesion_l1_weight > 0 and find_array(train_dir, LESION_MASK) is None:
         raise UserError(f"--lesion_l1_weight needs {train_dir / LESION_MASK}.npy, which pre_process.py writes when "
                         "the cases have segmentations; give cases with seg files or pass --lesion_l1_weight 0")
@@ -94,8 +96,8 @@ def prepare(args: Namespace) -> RunPlan:
     if args.resume:
         start = check_resume(args, exp_dir)
     else:
-        if (exp_dir / CONTENT).exists() and not args.overwrite and not args.dry_run:
-            raise UserError(f"{exp_dir} already holds a training run ({CONTENT}); continue it with --resume, replace "
+        if (exp_dir / CONTENT_NAME).exists() and not args.overwrite and not args.dry_run:
+            raise UserError(f"{exp_dir} already holds a training run ({CONTENT_NAME}); continue it with --resume, replace "
                             "it with --overwrite, or choose another --exp")
         start = 0
     stop = args.num_epoch if args.stop_after_epochs is None else min(args.num_epoch, start + args.stop_after_epochs)

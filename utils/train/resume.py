@@ -1,6 +1,7 @@
 """Resuming a run: reading content.pth, checking the options match, restoring random state."""
 from __future__ import annotations
-from utils.core.artifacts import CONTENT
+from utils.core.artifacts import (CONFIG_NAME, CONTENT_NAME, CURVES, GENERATOR_NAMES, SAMPLE_FIGURE_GLOB, TRAIN_LOG,
+                                  VAL_LOG, check_content_format)
 
 import random
 from argparse import Namespace
@@ -19,12 +20,13 @@ def read_content(path: Path, device: torch.device | str = "cpu") -> dict:
     if not isinstance(content, dict) or "gen_diffusive_1_dict" not in content or "args" not in content:
         raise UserError(f"{path} is not a training checkpoint written by this train.py; start a new run "
                         "(--overwrite) or point --exp at the right experiment")
+    check_content_format(content, path)
     return content
 
 
 def check_resume(args: Namespace, exp_dir: Path) -> int:
     """Completed epochs of the run to continue; UserError when there is none or its configuration differs."""
-    path = exp_dir / CONTENT
+    path = exp_dir / CONTENT_NAME
     if not path.is_file():
         raise UserError(f"--resume: {path} does not exist; train without --resume first (or fix --exp/--output_path)")
     content = read_content(path)
@@ -71,11 +73,10 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate((py_state["version"], tuple(py_state["state"]), py_state["gauss_next"]))
 
 
-# --------------------------------------------------------------------------- processes
 def clear_outputs(exp_dir: Path) -> None:
     """Delete a previous run's training outputs (only files this script writes) for --overwrite."""
-    patterns = (CONTENT, "config.json", "log.csv", "val.csv", "curves.png", "gen_diffusive_[12].pth",
-                "gen_diffusive_[12]_*.pth", "sample_discrete_epoch_*.png")
+    generators = [pattern for name in GENERATOR_NAMES for pattern in (f"{name}.pth", f"{name}_*.pth")]
+    patterns = (CONTENT_NAME, CONFIG_NAME, TRAIN_LOG, VAL_LOG, CURVES, *generators, SAMPLE_FIGURE_GLOB)
     removed = [path for pattern in patterns for path in exp_dir.glob(pattern)]
     for path in removed:
         path.unlink()
