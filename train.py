@@ -11,87 +11,17 @@ sample_discrete_epoch_{epoch}.png.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import warnings
 from typing import Sequence
 
-
-from utils.train.distributed import launched_by_torchrun
 from utils.core.errors import run_cli
-from utils.core.options import add_config_arg, add_data_args, add_diffusion_args, add_model_args, add_run_args, add_speed_args, add_train_control_args, add_training_args, parse_with_config
-from utils.train.plan import describe, prepare
-from utils.train.launch import launch
-
-
-
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Every option of the original train.py (README command included) plus the new ones."""
-    parser = argparse.ArgumentParser(description="Train MU-Diff (two generators, one shared critic).")
-    add_model_args(parser)
-    add_diffusion_args(parser)
-    add_data_args(parser)
-    add_run_args(parser, batch_help="slices per process per step (the README uses 3)")
-    add_training_args(parser)
-    add_train_control_args(parser)
-    add_speed_args(parser, training=True)
-    add_config_arg(parser)
-    return parser
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+from utils.core.options import parse_with_config, train_parser
+from utils.train.launch import run_training
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Parse, check everything cheap, then dry-run or train."""
-    args = parse_with_config(build_parser(), argv)
-    plan = prepare(args)
-    if args.dry_run:
-        if not launched_by_torchrun() or os.environ.get("RANK") == "0":
-            print(describe(args, plan))
-        return
-    if launched_by_torchrun() and args.num_process_per_node > 1:
-        warnings.warn("started by torchrun: its process count is used and --num_process_per_node is ignored",
-                      stacklevel=1)
-    launch(args, plan)
+    """Parse the options (over --config's values) and train."""
+    run_training(parse_with_config(train_parser(), argv))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
 """Shared test fixtures: the repository root on sys.path and the reference material beside the checkout."""
 import argparse
-import importlib.util
-import math
 import os
 import sys
 from pathlib import Path
@@ -12,7 +10,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(ROOT / "bench") not in sys.path:
+    sys.path.append(str(ROOT / "bench"))
 
+# The weight perturbation lives once, in bench_common (which the benchmarks' workers can import), for both.
+from bench_common import perturb_  # noqa: E402,F401
 from utils.core.options import add_diffusion_args, add_model_args  # noqa: E402
 
 # The authors' numbers live in ../shared/reference beside a developer's checkout; a user's clone has no such folder.
@@ -38,24 +40,6 @@ def tiny_args(**overrides) -> argparse.Namespace:
     return model_args(**base)
 
 
-def perturb_(model: torch.nn.Module, seed: int, noise_dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """Replace the (mostly zero-scaled) initial weights by O(1)-contributing random ones scaled by 1/sqrt(fan-in).
-
-    `noise_dtype` is the dtype the noise is drawn in (then cast), so a test can keep the exact draws it was written
-    with.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            noise = torch.randn(tensor.shape, generator=gen, dtype=noise_dtype).to(tensor.dtype)
-            if tensor.ndim <= 1:
-                tensor.add_(0.1 * noise)
-            else:
-                fan_in = tensor.shape[0] if name.endswith(".W") else tensor.numel() // tensor.shape[0]
-                tensor.copy_(noise / math.sqrt(fan_in))
-    return model
-
-
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op torch thread for a module: tiny networks gain nothing from more, and a shared machine loses."""
@@ -65,12 +49,21 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-def load_script(filename: str, module_name: str):
-    """A top-level script as a module, by path (`import test` could pick up Python's own test package)."""
-    spec = importlib.util.spec_from_file_location(module_name, ROOT / filename)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def train_cli(argv: list[str]) -> None:
+    """What `python train.py ARGV` does, through the library (tests never import the scripts)."""
+    from utils.core.options import parse_with_config, train_parser
+    from utils.train.launch import run_training
+
+    run_training(parse_with_config(train_parser(), argv))
+
+
+def synthesis_cli(argv: list[str]) -> Path:
+    """What `python test.py ARGV` does, through the library (`import test` would find Python's own package)."""
+    from utils.core.options import synthesis_parser
+    from utils.infer.runs import run_synthesis
+
+    parser = synthesis_parser()
+    return run_synthesis(parser.parse_args(argv), parser)
 
 
 @pytest.fixture(scope="session")
@@ -131,10 +124,10 @@ def save_tiny_experiment(exp_dir: Path, seed: int = 0, epochs: tuple[int, ...] =
     DDP files do (`module.`); `contrasts` is the order config.json records (three conditions, then the target).
     """
     from backbones import build_critic, build_generators
-    from utils.core.options import make_parser
+    from utils.core.options import synthesis_parser
     from utils.core.artifacts import save_config
 
-    args = make_parser().parse_args(list(TINY_MODEL_ARGS) + ["--contrasts", *contrasts])
+    args = synthesis_parser().parse_args(list(TINY_MODEL_ARGS) + ["--contrasts", *contrasts])
     exp_dir.mkdir(parents=True, exist_ok=True)
     states = {}
     for suffix, weight_seed in [("", seed)] + [(f"_{e}", seed + e) for e in epochs]:

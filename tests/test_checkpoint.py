@@ -1,4 +1,4 @@
-"""utils/model/checkpoint.py: safe reading, strict loading with a readable report, atomic saving."""
+"""utils/model/checkpoint.py: safe reading and strict loading with a readable report; atomic saving (save_torch)."""
 import argparse
 import os
 import pickle
@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from utils.model.checkpoint import CheckpointError, load_state, pick_state, read_checkpoint, save_checkpoint, strip_module_prefix
+from utils.core.fileio import save_torch
+from utils.model.checkpoint import CheckpointError, load_state, read_checkpoint, strip_module_prefix
 from utils.core.errors import UserError
 
 
@@ -66,7 +67,7 @@ def test_ddp_prefixed_state_loads_identically(tmp_path: Path, from_file: bool) -
     state = DDPWrapper(source).state_dict()
     assert all(k.startswith("module.") for k in state)
     if from_file:
-        save_checkpoint(state, tmp_path / "gen_diffusive_1.pth")
+        save_torch(state, tmp_path / "gen_diffusive_1.pth")
         state = tmp_path / "gen_diffusive_1.pth"
     target = seeded_tiny(1)
     assert load_state(target, state, "generator 1") is target
@@ -78,7 +79,7 @@ def test_plain_state_loads_identically(tmp_path: Path) -> None:
     source = seeded_tiny(0)
     target = load_state(seeded_tiny(1), source.state_dict(), "generator 1")
     assert_same_weights(target, source)
-    save_checkpoint(source.state_dict(), tmp_path / "plain.pth")
+    save_torch(source.state_dict(), tmp_path / "plain.pth")
     assert_same_weights(load_state(seeded_tiny(2), str(tmp_path / "plain.pth"), "generator 1"), source)
 
 
@@ -142,10 +143,8 @@ def test_load_state_refuses_a_training_dict() -> None:
     content = {"epoch": 3, "gen_diffusive_1_dict": source.state_dict()}
     with pytest.raises(CheckpointError, match="not a state_dict: 'epoch', 'gen_diffusive_1_dict' are not tensors"):
         load_state(Tiny(), content, "generator 1")
-    target = load_state(seeded_tiny(1), pick_state(content, "gen_diffusive_1_dict", "content.pth"), "generator 1")
+    target = load_state(seeded_tiny(1), content["gen_diffusive_1_dict"], "generator 1")
     assert_same_weights(target, source)
-    with pytest.raises(CheckpointError, match="content.pth has no 'gen_diffusive_2_dict' entry.*epoch"):
-        pick_state(content, "gen_diffusive_2_dict", "content.pth")
 
 
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
@@ -171,7 +170,7 @@ def test_non_torch_file_is_refused(tmp_path: Path, content: bytes) -> None:
 def test_truncated_checkpoint_is_refused(tmp_path: Path) -> None:
     """A torch file cut short is one readable error, not a traceback."""
     path = tmp_path / "cut.pth"
-    save_checkpoint(Tiny().state_dict(), path)
+    save_torch(Tiny().state_dict(), path)
     path.write_bytes(path.read_bytes()[:300])
     with pytest.raises(CheckpointError, match="cut.pth"):
         read_checkpoint(path)
@@ -204,7 +203,7 @@ def test_custom_class_instance_is_refused(tmp_path: Path) -> None:
 def test_namespace_only_with_permission(tmp_path: Path) -> None:
     """The original's content.pth stored args as an argparse.Namespace: readable only when asked for."""
     path = tmp_path / "content.pth"
-    save_checkpoint({"args": argparse.Namespace(nz=100, ch_mult=[1, 2]), "epoch": 4}, path)
+    save_torch({"args": argparse.Namespace(nz=100, ch_mult=[1, 2]), "epoch": 4}, path)
     with pytest.raises(CheckpointError, match="Namespace"):
         read_checkpoint(path)
     content = read_checkpoint(path, allow_namespace=True)
@@ -214,7 +213,7 @@ def test_namespace_only_with_permission(tmp_path: Path) -> None:
 def test_non_dict_checkpoint_is_refused(tmp_path: Path) -> None:
     """A file holding a bare tensor is not a checkpoint dict."""
     path = tmp_path / "tensor.pth"
-    save_checkpoint(torch.zeros(3), path)
+    save_torch(torch.zeros(3), path)
     with pytest.raises(CheckpointError, match="holds a Tensor, not a dict"):
         read_checkpoint(path)
 
@@ -222,7 +221,7 @@ def test_non_dict_checkpoint_is_refused(tmp_path: Path) -> None:
 def test_read_checkpoint_maps_to_the_requested_device(tmp_path: Path) -> None:
     """map_location is honoured (meta: no data is materialised)."""
     path = tmp_path / "plain.pth"
-    save_checkpoint(Tiny().state_dict(), path)
+    save_torch(Tiny().state_dict(), path)
     assert all(v.device.type == "meta" for v in read_checkpoint(path, map_location="meta").values())
 
 
@@ -230,7 +229,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path: Path, monke
     """If torch.save dies halfway, the previous checkpoint is intact and no temporary file is left behind."""
     path = tmp_path / "gen_diffusive_1.pth"
     old = seeded_tiny(0).state_dict()
-    save_checkpoint(old, path)
+    save_torch(old, path)
     old_bytes = path.read_bytes()
     real_save = torch.save
 
@@ -243,7 +242,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path: Path, monke
 
     monkeypatch.setattr(torch, "save", save_then_fail)
     with pytest.raises(OSError, match="no space"):
-        save_checkpoint(seeded_tiny(1).state_dict(), path)
+        save_torch(seeded_tiny(1).state_dict(), path)
     monkeypatch.undo()
     assert path.read_bytes() == old_bytes
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
@@ -255,7 +254,7 @@ def test_small_reference_states_round_trip(small_ref: dict, tmp_path: Path) -> N
     for name in ("gen1_state", "gen2_state", "disc_state"):
         state = small_ref[name]
         path = tmp_path / f"{name}.pth"
-        save_checkpoint(OrderedDict((f"module.{k}", v) for k, v in state.items()), path)
+        save_torch(OrderedDict((f"module.{k}", v) for k, v in state.items()), path)
         back = strip_module_prefix(read_checkpoint(path))
         assert list(back) == list(state)
         assert all(torch.equal(back[k], state[k]) for k in state)
@@ -267,7 +266,7 @@ def test_published_style_generator_file_loads_into_the_network(small_ref: dict, 
 
     config = argparse.Namespace(**small_ref["config"])
     path = tmp_path / "gen_diffusive_1.pth"
-    save_checkpoint(OrderedDict((f"module.{k}", v) for k, v in small_ref["gen1_state"].items()), path)
+    save_torch(OrderedDict((f"module.{k}", v) for k, v in small_ref["gen1_state"].items()), path)
     gen1 = load_state(NCSNpp(config), path, "generator 1")
     for key, value in gen1.state_dict().items():
         assert torch.equal(value, small_ref["gen1_state"][key]), key

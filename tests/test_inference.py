@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_script, TINY_MODEL_ARGS, save_tiny_experiment, save_tiny_slices
+from conftest import TINY_MODEL_ARGS, synthesis_cli, save_tiny_experiment, save_tiny_slices
 from utils.core.errors import UserError, run_cli
 from utils.data.images import read_image
 from utils.data.slices import SliceDataset
@@ -24,7 +24,6 @@ README_TEST = ("--image_size 256 --exp exp_brats --num_channels 1 --num_channels
 COUNT, HEIGHT, WIDTH = 5, 60, 52
 
 
-test_script = load_script("test.py", "mudiff_test_script")
 import utils.infer.runs as runs  # noqa: E402
 from utils.infer.outputs import synth_to_original  # noqa: E402
 
@@ -42,10 +41,10 @@ def run(workspace: Path, exp: str, *extra: str, readme: bool = False) -> Path:
     """Run test.py's main in-process on the workspace; return generated_samples/."""
     base = README_TEST if readme else ["--exp", exp, "--batch_size", "2"]
     argv = [*base, "--input_path", str(workspace / "BRATS"), "--output_path", str(workspace / "results"),
-            "--num_workers", "0", *extra]
+            "--num_workers", "0", "--overwrite", *extra]
     if readme:
         argv[argv.index("exp_brats")] = exp
-    return test_script.main(argv)
+    return synthesis_cli(argv)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +190,7 @@ def test_mismatched_checkpoint_is_one_line(workspace: Path, capsys: pytest.Captu
     argv = ["--exp", "wrong", "--input_path", str(workspace / "BRATS"), "--output_path",
             str(workspace / "results"), "--num_workers", "0", *TINY_MODEL_ARGS]
     argv[argv.index("--num_channels_dae") + 1] = "16"
-    assert run_cli(test_script.main, argv) == 2
+    assert run_cli(synthesis_cli, argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error:")
     assert "gen_diffusive_1" in err and "shape mismatches" in err
@@ -199,13 +198,13 @@ def test_mismatched_checkpoint_is_one_line(workspace: Path, capsys: pytest.Captu
 
 def test_trailing_slash_optional_and_bad_path_is_one_line(workspace: Path, capsys: pytest.CaptureFixture) -> None:
     """input_path with a trailing slash works as well; a wrong one is a one-line error."""
-    out = test_script.main(["--exp", "exp_brats", "--input_path", str(workspace / "BRATS") + "/", "--output_path",
-                            str(workspace / "results"), "--num_workers", "0", "--limit", "1"])
+    out = synthesis_cli(["--exp", "exp_brats", "--input_path", str(workspace / "BRATS") + "/", "--output_path",
+                         str(workspace / "results"), "--num_workers", "0", "--limit", "1", "--overwrite"])
     assert np.load(out / "synth.npy").shape == (1, HEIGHT, WIDTH)
     capsys.readouterr()
     argv = ["--exp", "exp_brats", "--input_path", str(workspace / "nowhere"), "--output_path",
             str(workspace / "results")]
-    assert run_cli(test_script.main, argv) == 2
+    assert run_cli(synthesis_cli, argv) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
@@ -239,3 +238,17 @@ def test_seed_42_batch_1_makes_the_original_test_py_draws(workspace: Path) -> No
         sample = sample_from_model(exp.coefficients, exp.gen1, cond1, exp.gen2, cond2, cond3,
                                    exp.args.num_timesteps, x_t, None, exp.args)
         np.testing.assert_array_equal(synth_to_original(sample, (HEIGHT, WIDTH))[0], synth[i])
+
+
+def test_earlier_results_are_kept_without_overwrite(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    """A second test.py into the same folder stops in one line before loading anything; --overwrite replaces."""
+    out = run(workspace, "exp_brats", "--limit", "2")
+    before = (out / "synth.npy").stat().st_mtime_ns
+    argv = ["--exp", "exp_brats", "--input_path", str(workspace / "BRATS"), "--output_path",
+            str(workspace / "results"), "--num_workers", "0", "--limit", "1"]
+    capsys.readouterr()
+    assert run_cli(synthesis_cli, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--overwrite" in err and err.count("\n") == 1
+    assert (out / "synth.npy").stat().st_mtime_ns == before and len(np.load(out / "synth.npy")) == 2
+    assert len(np.load(synthesis_cli(argv + ["--overwrite"]) / "synth.npy")) == 1

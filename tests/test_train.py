@@ -18,18 +18,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import train
+from bench_common import reference_step  # bench/ is on sys.path through conftest
+from conftest import train_cli
 import utils.train.loop as loop
 import utils.train.steps as training
 from backbones import build_generators
 from utils.core.artifacts import NETWORK_NAMES
-from utils.core.options import parse_with_config
+from utils.core.options import parse_with_config, train_parser
 from utils.core.runtime import seed_everything
 from utils.train.plan import prepare
 from utils.train.steps import build_networks
 from utils.model.checkpoint import CheckpointError, load_state, read_checkpoint
 from utils.data.slices import SliceDataset
-from utils.model.diffusion import Diffusion_Coefficients, Posterior_Coefficients, q_sample_pairs, sample_posterior
+import utils.model.diffusion as diffusion
+from utils.model.diffusion import Diffusion_Coefficients, Posterior_Coefficients
 from utils.train.distributed import free_port, plan_launch
 from utils.train.ema import EMA
 from utils.core.errors import UserError, run_cli
@@ -79,7 +81,7 @@ def argv(data: Path, out: Path, exp: str, *extra: str) -> list[str]:
 
 def tiny_args(data: Path, out: Path) -> Namespace:
     """Parsed tiny options with the resolved contrast order (as prepare leaves them)."""
-    args = train.build_parser().parse_args(argv(data, out, "unused"))
+    args = train_parser().parse_args(argv(data, out, "unused"))
     args.contrasts, args.target = list(CONTRASTS), CONTRASTS[3]
     return args
 
@@ -125,7 +127,7 @@ def run_a(data, tmp_path_factory, one_thread) -> dict:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(loop, "train_step", counting_step)
         mp.setattr(training, "r1_penalty", counting_r1)
-        train.main(argv(data, out, "a", *RUN_AB))
+        train_cli(argv(data, out, "a", *RUN_AB))
     return {"dir": out / "a", "out": out, "r1_steps": r1_steps}
 
 
@@ -143,6 +145,7 @@ def test_an_epoch_writes_every_output_file(run_a):
     assert config["contrast_order"] == list(CONTRASTS) and config["image_size"] == 64
     assert config["num_channels_dae"] == 16 and config["world_size"] == 1
     assert config["normalize"] == "percentile"  # arrays without preprocess.json: the original's scale
+    assert config["train_slice_range"] == [0, 3]  # manifest.csv's axial indices (no preprocess.json to say)
     content = read_checkpoint(folder / "content.pth")
     assert {"epoch", "global_step", "args", "gen_diffusive_1_dict", "gen_diffusive_2_dict", "disc_diffusive_2_dict",
             "att_conv_dict", "optimizer_gen_diffusive_1", "optimizer_gen_diffusive_2", "optimizer_disc_diffusive_2",
@@ -205,10 +208,10 @@ def test_r1_penalty_runs_on_the_steps_lazy_reg_says(run_a):
 def test_one_epoch_then_resume_equals_two_epochs(run_a, data, one_thread):
     """Run B stops after epoch 1 and resumes: weights, optimisers, EMA, schedulers and logs equal run A's."""
     out = run_a["out"]
-    train.main(argv(data, out, "b", *RUN_AB, "--stop_after_epochs", "1"))
+    train_cli(argv(data, out, "b", *RUN_AB, "--stop_after_epochs", "1"))
     first = read_checkpoint(out / "b" / "content.pth")
     assert first["epoch"] == 1 and not (out / "b" / "sample_discrete_epoch_2.png").exists()
-    train.main(argv(data, out, "b", *RUN_AB, "--resume"))
+    train_cli(argv(data, out, "b", *RUN_AB, "--resume"))
     a, b = read_checkpoint(run_a["dir"] / "content.pth"), read_checkpoint(out / "b" / "content.pth")
     assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"]
     for name in NETWORK_NAMES:
@@ -239,8 +242,10 @@ def dying_save(obj, f, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
 
 torch.save = dying_save
-import train
-sys.exit(train.run_cli(train.main, sys.argv[1:]))
+from utils.core.errors import run_cli
+from utils.core.options import parse_with_config, train_parser
+from utils.train.launch import run_training
+sys.exit(run_cli(lambda argv: run_training(parse_with_config(train_parser(), argv)), sys.argv[1:]))
 """
 
 
@@ -266,8 +271,10 @@ def test_kill_while_writing_content_leaves_the_previous_checkpoint(run_a, data, 
 DUMPER = """
 import sys
 import torch
-import train
 import utils.train.loop as loop
+from utils.core.errors import run_cli
+from utils.core.options import parse_with_config, train_parser
+from utils.train.launch import run_training
 
 real_run = loop.Trainer.run
 
@@ -279,7 +286,7 @@ def run_and_dump(self):
 
 loop.Trainer.run = run_and_dump
 if __name__ == "__main__":
-    sys.exit(train.run_cli(train.main, sys.argv[1:]))
+    sys.exit(run_cli(lambda argv: run_training(parse_with_config(train_parser(), argv)), sys.argv[1:]))
 """
 
 
@@ -335,62 +342,6 @@ def test_validation_batches_cover_every_slice_once():
         assert flat == list(range(11)), world
 
 
-def reference_step(nets, opts, batch, diff, args, global_step) -> torch.Tensor:
-    """The original's iteration (§8.2), written out: generators with autograd in the critic step, x_t always
-    requiring grad, the attention map from att_conv resized to the image."""
-    critic, gen1, gen2, att = nets.critic, nets.gen1, nets.gen2, nets.att_proj
-    for p in critic.parameters():
-        p.requires_grad = True
-    critic.zero_grad()
-    real = batch.target
-    t = torch.randint(0, args.num_timesteps, (real.size(0),))
-    x_t, x_tp1 = q_sample_pairs(diff.coeff, real, t)
-    x_t.requires_grad = True
-    d_real, _ = critic(x_t, t, x_tp1.detach())
-    err_real = F.softplus(-d_real).mean()
-    err_real.backward(retain_graph=True)
-    r1 = torch.tensor(float("nan"))
-    if global_step % args.lazy_reg == 0:
-        grad = torch.autograd.grad(outputs=d_real.sum(), inputs=x_t, create_graph=True)[0]
-        r1 = args.r1_gamma / 2 * (grad.view(grad.size(0), -1).norm(2, dim=1) ** 2).mean()
-        r1.backward()
-    z = torch.randn(real.size(0), args.nz)
-    x0_1 = gen1(x_tp1.detach(), batch.cond1, batch.cond2, batch.cond3, t, z)
-    x0_2 = gen2(x_tp1.detach(), batch.cond1, batch.cond2, batch.cond3, t, z, x0_1[:, [0], :])
-    xp1 = sample_posterior(diff.pos_coeff, x0_1[:, [0], :], x_tp1, t)
-    xp2 = sample_posterior(diff.pos_coeff, x0_2[:, [0], :], x_tp1, t)
-    out1, _ = critic(xp1, t, x_tp1.detach())
-    out2, _ = critic(xp2, t, x_tp1.detach())
-    err_fake = F.softplus(out1).mean() + F.softplus(out2).mean()
-    err_fake.backward()
-    opts.critic.step()
-    for p in critic.parameters():
-        p.requires_grad = False
-    gen1.zero_grad()
-    gen2.zero_grad()
-    t = torch.randint(0, args.num_timesteps, (real.size(0),))
-    x_t, x_tp1 = q_sample_pairs(diff.coeff, real, t)
-    z = torch.randn(real.size(0), args.nz)
-    x0_1 = gen1(x_tp1.detach(), batch.cond1, batch.cond2, batch.cond3, t, z)
-    x0_2 = gen2(x_tp1.detach(), batch.cond1, batch.cond2, batch.cond3, t, z, x0_1[:, [0], :])
-    xp1 = sample_posterior(diff.pos_coeff, x0_1[:, [0], :], x_tp1, t)
-    xp2 = sample_posterior(diff.pos_coeff, x0_2[:, [0], :], x_tp1, t)
-    out1, feat1 = critic(xp1, t, x_tp1.detach())
-    out2, feat2 = critic(xp2, t, x_tp1.detach())
-    size = tuple(real.shape[-2:])
-    map1 = F.interpolate(torch.sigmoid(att(feat1)), size=size, mode="bilinear", align_corners=False)
-    map2 = F.interpolate(torch.sigmoid(att(feat2)), size=size, mode="bilinear", align_corners=False)
-    bce = torch.nn.BCEWithLogitsLoss(reduction="none")
-    mask = (map2 * bce(xp1, torch.sigmoid(xp2))).mean() + (map1 * bce(xp2, torch.sigmoid(xp1))).mean()
-    adv = F.softplus(-out1).mean() + F.softplus(-out2).mean()
-    l1 = F.l1_loss(x0_1[:, [0], :], real) + F.l1_loss(x0_2[:, [0], :], real)
-    err_g = adv + (args.lambda_l1_loss * l1) + (args.lambda_mask_loss * mask)
-    err_g.backward()
-    opts.gen1.step()
-    opts.gen2.step()
-    return torch.stack([err_real, err_fake, r1, adv, l1, mask, err_g]).detach()
-
-
 def test_train_step_equals_the_original_iteration(data, tmp_path, one_thread):
     """train_step (critic step without generator autograd) gives the original's update and losses, bit for bit."""
     args = tiny_args(data, tmp_path)
@@ -412,7 +363,10 @@ def test_train_step_equals_the_original_iteration(data, tmp_path, one_thread):
         torch.manual_seed(100 + step)
         ours = train_step(nets, opts, batch, diff, args, step)
         torch.manual_seed(100 + step)
-        theirs = reference_step(ref_nets, ref_opts, batch, diff, args, step)
+        theirs = torch.tensor(reference_step(
+            diffusion, (ref_nets.gen1, ref_nets.gen2, ref_nets.critic, ref_nets.att_proj),
+            (ref_opts.gen1, ref_opts.gen2, ref_opts.critic), (batch.cond1, batch.cond2, batch.cond3, batch.target),
+            diff.coeff, diff.pos_coeff, args, step))
         assert torch.equal(ours.isnan(), theirs.isnan()) and bool(ours.isnan()[2]) == (step % 2 == 1)
         assert torch.equal(ours.nan_to_num(), theirs.nan_to_num()), step
     for name, net in nets.named().items():
@@ -528,13 +482,13 @@ def test_training_with_lesion_weight_feeds_the_lesion_masks(data, tmp_path, monk
         return real_l1(x0, batch, weight)
 
     monkeypatch.setattr(training, "l1_term", recording_l1)
-    train.main(argv(data, tmp_path, "w", "--num_epoch", "1", "--lesion_l1_weight", "2"))
+    train_cli(argv(data, tmp_path, "w", "--num_epoch", "1", "--lesion_l1_weight", "2"))
     lesion_pixels = np.load(data / "train" / "lesion_mask.npy").sum()
     assert seen and all(weight == 2.0 for weight, _ in seen)
     assert sum(pixels for _, pixels in seen) / 2 == lesion_pixels  # both generators' terms, every slice once
     assert json.loads((tmp_path / "w" / "config.json").read_text())["lesion_l1_weight"] == 2.0
     seen.clear()
-    train.main(argv(data, tmp_path, "p", "--num_epoch", "1"))
+    train_cli(argv(data, tmp_path, "p", "--num_epoch", "1"))
     assert seen and all(weight == 0.0 and pixels is None for weight, pixels in seen)
 
 
@@ -543,12 +497,12 @@ def test_the_data_scale_is_recorded_and_must_be_one(data, tmp_path):
     copy_ = shutil.copytree(data, tmp_path / "data")
     for split in ("train", "val"):
         (copy_ / split / "preprocess.json").write_text(json.dumps({"normalize": "median"}))
-    args = train.build_parser().parse_args(argv(copy_, tmp_path / "out", "m"))
+    args = train_parser().parse_args(argv(copy_, tmp_path / "out", "m"))
     prepare(args)
     assert args.normalize == "median"
     (copy_ / "val" / "preprocess.json").unlink()
     with pytest.raises(UserError, match="train with --normalize median, val with --normalize percentile"):
-        prepare(train.build_parser().parse_args(argv(copy_, tmp_path / "out", "m")))
+        prepare(train_parser().parse_args(argv(copy_, tmp_path / "out", "m")))
 
 
 def test_readme_command_passes_dry_run(tmp_path, capsys, monkeypatch):
@@ -556,7 +510,7 @@ def test_readme_command_passes_dry_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     data = make_dataset(tmp_path / "data", size=256, counts={"train": 9, "val": 1})
     out = tmp_path / "results"
-    train.main([*README_COMMAND, "--input_path", str(data), "--output_path", str(out), "--dry_run"])
+    train_cli([*README_COMMAND, "--input_path", str(data), "--output_path", str(out), "--dry_run"])
     plan = capsys.readouterr().out
     assert "processes  3 (spawn, device cpu, backend gloo)" in plan
     assert "batch      3 per process, 9 per step" in plan
@@ -577,7 +531,7 @@ def test_bad_inputs_fail_with_one_line(data, bad_data, tmp_path, run_a, monkeypa
 
     def fails(options: list[str], *words: str) -> None:
         with pytest.raises(UserError) as err:
-            train.main(options)
+            train_cli(options)
         message = str(err.value)
         assert "\n" not in message
         for word in words:
@@ -630,7 +584,7 @@ def test_best_checkpoint_follows_validation_psnr_across_a_resume(data, tmp_path,
     """_best files hold the epoch with the highest validation PSNR, val.csv names it, and --resume remembers it."""
     out, options = tmp_path / "out", ["--num_epoch", "4", "--save_ckpt_every", "1"]
     scripted_validation(monkeypatch, [20.0, 25.0, 22.0])
-    train.main(argv(data, out, "best", *options, "--stop_after_epochs", "3"))
+    train_cli(argv(data, out, "best", *options, "--stop_after_epochs", "3"))
     folder = out / "best"
     assert [r["best_epoch"] for r in read_rows(folder / "val.csv")] == ["1", "2", "2"]
     for index in (1, 2):
@@ -638,7 +592,7 @@ def test_best_checkpoint_follows_validation_psnr_across_a_resume(data, tmp_path,
         assert states_equal(best, read_checkpoint(folder / f"gen_diffusive_{index}_2.pth"))
         assert not states_equal(best, read_checkpoint(folder / f"gen_diffusive_{index}_3.pth"))
     scripted_validation(monkeypatch, [24.0])  # below epoch 2's 25 dB: the best stays epoch 2 after resuming
-    train.main(argv(data, out, "best", *options, "--resume"))
+    train_cli(argv(data, out, "best", *options, "--resume"))
     assert [r["best_epoch"] for r in read_rows(folder / "val.csv")] == ["1", "2", "2", "2"]
     assert states_equal(read_checkpoint(folder / "gen_diffusive_1_best.pth"),
                         read_checkpoint(folder / "gen_diffusive_1_2.pth"))
@@ -648,13 +602,13 @@ def test_best_metric_ssim_picks_the_epoch_of_highest_ssim(data, tmp_path, monkey
     """--best_metric ssim: the _best files follow validation SSIM, not PSNR; a resume cannot switch the metric."""
     out, options = tmp_path / "out", ["--num_epoch", "3", "--save_ckpt_every", "1", "--best_metric", "ssim"]
     scripted_validation(monkeypatch, [25.0, 20.0], [0.6, 0.8])
-    train.main(argv(data, out, "ssim", *options, "--stop_after_epochs", "2"))
+    train_cli(argv(data, out, "ssim", *options, "--stop_after_epochs", "2"))
     folder = out / "ssim"
     assert [r["best_epoch"] for r in read_rows(folder / "val.csv")] == ["1", "2"]
     assert states_equal(read_checkpoint(folder / "gen_diffusive_1_best.pth"),
                         read_checkpoint(folder / "gen_diffusive_1_2.pth"))
     with pytest.raises(UserError, match="--best_metric ssim"):
-        train.main(argv(data, out, "ssim", *options[:4], "--resume"))
+        train_cli(argv(data, out, "ssim", *options[:4], "--resume"))
 
 
 def test_config_file_sets_options_and_the_command_line_wins(data, tmp_path):
@@ -662,24 +616,24 @@ def test_config_file_sets_options_and_the_command_line_wins(data, tmp_path):
     config = tmp_path / "recipe.json"
     config.write_text(json.dumps({"lr_g": 4e-4, "use_ema": True, "ema_decay": 0.9, "ch_mult": [1, 2],
                                   "num_epoch": 3}))
-    parsed = parse_with_config(train.build_parser(), ["--config", str(config), "--num_epoch", "5"])
+    parsed = parse_with_config(train_parser(), ["--config", str(config), "--num_epoch", "5"])
     assert (parsed.lr_g, parsed.use_ema, parsed.ema_decay, parsed.ch_mult, parsed.num_epoch) == \
         (4e-4, True, 0.9, [1, 2], 5)
-    assert parse_with_config(train.build_parser(), []).lr_g == 1.6e-4  # no file: the original defaults
+    assert parse_with_config(train_parser(), []).lr_g == 1.6e-4  # no file: the original defaults
     for bad, words in [({"lr_gg": 1}, ['"lr_gg" is not an option']), ({"use_ema": "yes"}, ["true or false"]),
                        ({"progressive": "x"}, ["'x' is not one of"]), ({"ch_mult": 2}, ["must be a list"]),
                        ([1, 2], ["JSON object"])]:
         config.write_text(json.dumps(bad))
         with pytest.raises(UserError) as err:
-            train.main(argv(data, tmp_path, "x", "--config", str(config)))
+            train_cli(argv(data, tmp_path, "x", "--config", str(config)))
         assert all(w in str(err.value) for w in words) and str(config) in str(err.value)
     with pytest.raises(UserError, match="no such file"):
-        train.main(argv(data, tmp_path, "x", "--config", str(tmp_path / "missing.json")))
+        train_cli(argv(data, tmp_path, "x", "--config", str(tmp_path / "missing.json")))
 
 
 def test_command_line_errors_print_one_line(data, tmp_path, capsys):
     """Through the script's wrapper: exit status 2 and `error: ...` on one line, no traceback."""
-    status = run_cli(train.main, argv(data, tmp_path, "x", "--batch_size", "99"))
+    status = run_cli(train_cli, argv(data, tmp_path, "x", "--batch_size", "99"))
     err = capsys.readouterr().err
     assert status == 2 and err.startswith("error: ") and err.count("\n") == 1
 
@@ -701,7 +655,7 @@ def test_the_authors_extra_epoch_and_files_their_test_py_reads(run_a, data, tmp_
     with strict=False, which must then miss nothing."""
     shutil.copytree(run_a["dir"], tmp_path / "c")
     with pytest.warns(UserWarning, match="--num_epoch changed from 2 to 3"):
-        train.main(argv(data, tmp_path, "c", *RUN_AB, "--num_epoch", "3", "--resume", "--ddp_keys"))
+        train_cli(argv(data, tmp_path, "c", *RUN_AB, "--num_epoch", "3", "--resume", "--ddp_keys"))
     rates: dict[int, set] = {}
     for row in read_rows(tmp_path / "c" / "log.csv"):
         rates.setdefault(int(row["epoch"]), set()).add((float(row["lr_g"]), float(row["lr_d"])))

@@ -1,6 +1,6 @@
 """test.py's jobs: synthesise a split's slices with a model or a baseline, or a whole NIfTI case."""
 from __future__ import annotations
-from utils.infer.outputs import SampleWriter, _LAYOUT_NOTES, _csv_text, _manifest_rows, _to_original, clear_previous, model_record, synth_to_original
+from utils.infer.outputs import SampleWriter, _LAYOUT_NOTES, _manifest_rows, _to_original, clear_previous, model_record, synth_to_original
 
 import argparse
 from pathlib import Path
@@ -13,12 +13,13 @@ from tqdm import tqdm
 from utils.core.artifacts import BRAIN_MASK
 from utils.data.slices import SliceDataset, find_array
 from utils.core.errors import UserError
-from utils.core.fileio import save_json, save_text
+from utils.core.fileio import save_csv, save_json
 from utils.infer.baselines import PixelRegression
-from utils.core.artifacts import OUTPUT_DIR_NAME
-from utils.infer.experiment import Experiment, describe, load_experiment
+from utils.core.artifacts import OUTPUT_DIR_NAME, SAMPLES_MANIFEST, VOLUMES_DIR_NAME, baseline_output_dir
+from utils.infer.experiment import Experiment, configure, describe, load_experiment
 from utils.infer.sampling import Synthesis, synthesize
 from utils.data.layouts import case_name, find_case_files
+from utils.infer.coverage import describe_outside, slices_outside_training
 from utils.infer.volumes import synthesize_volume
 from utils.core.artifacts import experiment_dir
 from utils.data.preprocessing import data_normalization
@@ -74,7 +75,7 @@ def run_slices(predict: Predictor, args: argparse.Namespace, dataset: SliceDatas
             for b in range(len(target)):
                 writer.write(position, {k: v[b] for k, v in images.items()})
                 position += 1
-    save_text(_csv_text(_manifest_rows(dataset, range(count))), out_dir / "manifest.csv")
+    save_csv(_manifest_rows(dataset, range(count)), out_dir / SAMPLES_MANIFEST)
     save_json({**record, "split": args.split, "slices": count, "outputs": names, **_LAYOUT_NOTES},
               out_dir / "run.json")
     print(f"wrote {count} slices to {out_dir} ({', '.join(names)}); evaluate with: "
@@ -93,12 +94,31 @@ def open_model(args: argparse.Namespace) -> Experiment:
     return exp
 
 
+def slice_output_dir(args: argparse.Namespace) -> Path:
+    """Where slice mode writes: EXP/generated_samples/, or generated_samples_baseline_<KIND>/ with --baseline."""
+    name = baseline_output_dir(args.baseline) if args.baseline else OUTPUT_DIR_NAME
+    return experiment_dir(args) / name
+
+
+def volume_output_path(args: argparse.Namespace, case: str, target: str) -> Path:
+    """Where NIfTI mode writes: --out, or EXP/generated_volumes/<case>_<target>.nii.gz."""
+    return Path(args.out) if args.out else experiment_dir(args) / VOLUMES_DIR_NAME / f"{case}_{target.lower()}.nii.gz"
+
+
+def refuse_to_replace(path: Path, overwrite: bool) -> None:
+    """Stop before any work when an earlier run's results are at `path`, unless --overwrite was given."""
+    earlier = path.is_file() or (path.is_dir() and any(path.iterdir()))
+    if earlier and not overwrite:
+        raise UserError(f"{path} holds the results of an earlier run; pass --overwrite to replace them (or choose "
+                        "another --exp/--out)")
+
+
 def run_model_slices(exp: Experiment, args: argparse.Namespace, dataset: SliceDataset) -> Path:
     """Synthesise the split with the experiment's generators into generated_samples/."""
     extra = (["disagreement"] + (["critic_attention"] if exp.critic is not None else [])
              if args.save_uncertainty else [])
     return run_slices(partial(synthesize, exp, uncertainty=args.save_uncertainty), args, dataset,
-                      experiment_dir(args) / OUTPUT_DIR_NAME, model_record(exp, args), extra)
+                      slice_output_dir(args), model_record(exp, args), extra)
 
 
 def run_baseline_slices(args: argparse.Namespace, dataset: SliceDataset) -> Path:
@@ -114,8 +134,7 @@ def run_baseline_slices(args: argparse.Namespace, dataset: SliceDataset) -> Path
 
     record = {"baseline": model.describe(), "contrasts": c, "batch_size": args.batch_size,
               "fitted_on": str(train.root / "train")}
-    return run_slices(predict, args, dataset, experiment_dir(args) / f"{OUTPUT_DIR_NAME}_baseline_{args.baseline}",
-                      record)
+    return run_slices(predict, args, dataset, slice_output_dir(args), record)
 
 
 def _volume_inputs(args: argparse.Namespace, contrasts: list[str]) -> tuple[list[Path], str]:
@@ -134,12 +153,35 @@ def _volume_inputs(args: argparse.Namespace, contrasts: list[str]) -> tuple[list
 
 def run_volume(exp: Experiment, args: argparse.Namespace, paths: list[Path], case: str) -> Path:
     """Whole-volume mode: synthesise the target NIfTI for one case."""
-    out = Path(args.out) if args.out else (experiment_dir(args) / "generated_volumes"
-                                           / f"{case}_{exp.contrasts[3].lower()}.nii.gz")
+    out = volume_output_path(args, case, exp.contrasts[3])
     print("conditions: " + ", ".join(f"{c} = {p}" for c, p in zip(exp.contrasts, paths)))
-    result = synthesize_volume(exp, paths, out, batch_size=args.batch_size, uncertainty=args.save_uncertainty)
+    result = synthesize_volume(exp, paths, out, batch_size=args.batch_size, uncertainty=args.save_uncertainty,
+                               shared_noise=args.shared_noise)
+    outside = slices_outside_training(result.slices, args.train_slice_range)
     print(f"wrote {result.path} (shape {result.shape}, {len(result.slices)} brain slices synthesised, "
-          f"intensities in [0, 1] on the preprocessed scale)")
+          f"{describe_outside(outside, args.train_slice_range)}; intensities in [0, 1] on the preprocessed scale)")
     for name, path in result.extra_paths.items():
         print(f"wrote {path} ({name})")
     return result.path
+
+
+def run_synthesis(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
+    """test.py's job for parsed options: load the experiment and run slice or NIfTI mode (or a baseline)."""
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size must be at least 1 (got {args.batch_size})")
+    configure(args, parser)
+    volume_mode = args.nifti or args.case is not None or args.cond1 is not None
+    if args.baseline and (volume_mode or args.save_uncertainty):
+        raise UserError("--baseline synthesises the test slices only; drop --nifti/--case/--cond1-3 and "
+                        "--save_uncertainty")
+    if args.shared_noise and not volume_mode:
+        raise UserError("--shared_noise shares the noise among the slices of one volume: use it with --nifti "
+                        "(--case or --cond1/2/3), or drop it for the test slices")
+    # Inputs are checked before the (slow) model loading, so a wrong path fails at once.
+    inputs = _volume_inputs(args, args.contrasts) if volume_mode else open_split(args)
+    target = volume_output_path(args, inputs[1], args.contrasts[3]) if volume_mode else slice_output_dir(args)
+    refuse_to_replace(target, args.overwrite)
+    if args.baseline:
+        return run_baseline_slices(args, inputs)
+    exp = open_model(args)
+    return run_volume(exp, args, *inputs) if volume_mode else run_model_slices(exp, args, inputs)

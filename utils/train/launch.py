@@ -1,15 +1,18 @@
-"""Start training: one process, spawned processes, or torchrun's."""
+"""Start training: check the options, then run one process, spawned processes, or torchrun's."""
 from __future__ import annotations
-from utils.train.plan import RunPlan, choose_port
-from utils.train.loop import Trainer
-from utils.train.resume import clear_outputs
 
 import os
 import sys
+import warnings
 from argparse import Namespace
+
 import torch
-from utils.train.distributed import ProcessLayout, close_group, init_group, process_device
+
 from utils.core.errors import UserError
+from utils.train.distributed import ProcessLayout, close_group, init_group, launched_by_torchrun, process_device
+from utils.train.loop import Trainer
+from utils.train.plan import RunPlan, choose_port, describe, prepare
+from utils.train.resume import clear_outputs
 
 
 def run_process(args: Namespace, plan: RunPlan, local_rank: int, rank: int) -> None:
@@ -56,3 +59,16 @@ def launch(args: Namespace, plan: RunPlan) -> None:
         except mp.ProcessExitedException as err:
             raise UserError(f"training process {err.error_index} stopped with exit code {err.exit_code} "
                             "(its message is above)") from None
+
+
+def run_training(args: Namespace) -> None:
+    """train.py's job for parsed options: check everything cheap, then print the plan (--dry_run) or train."""
+    plan = prepare(args)
+    if args.dry_run:
+        if not launched_by_torchrun() or os.environ.get("RANK") == "0":
+            print(describe(args, plan))
+        return
+    if launched_by_torchrun() and args.num_process_per_node > 1:
+        warnings.warn("started by torchrun: its process count is used and --num_process_per_node is ignored",
+                      stacklevel=1)
+    launch(args, plan)
