@@ -18,7 +18,8 @@ from test_nifti import HEADER_FIELDS
 from test_readme import BRASYN_SECTION, is_user_data, make_scratch_repo, readme_commands, run, section_text
 from utils.brasyn.drop import DROPPED_NAME, balanced_choice
 from utils.brasyn.score import volume_metrics
-from utils.core.errors import run_cli
+from utils.core.errors import UserError, run_cli
+from utils.eval.coherence import COHERENCE_COLUMNS
 from utils.data.layouts import find_case_files
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -186,8 +187,32 @@ def test_report_says_what_was_done(dropped: dict, completed: dict, models: dict)
         assert row["output"] == f"{row['case']}/{_name(row['case'], target)}"
         assert row["experiment"] == str(models[target.lower()]) and row["conditions"] == " ".join(order[:3])
         assert int(row["slices"]) > DEPTH // 2
+        assert row["slices_outside_training"] == "unknown"  # nor their training slices
     assert report["models"]["T1ce"]["contrasts"] == list(ORDERS["t1ce"]) and report["seed"] == 1024
     assert report["models"]["T1ce"]["normalize"] == "percentile"  # the tiny experiments record no scale
+    assert report["models"]["T1ce"]["train_slice_range"] == "unknown" and report["shared_noise"] is False
+
+
+def test_report_counts_slices_outside_the_trained_range(dropped: dict, models: dict, tmp_path: Path) -> None:
+    """An experiment whose config.json records train_slice_range: the report counts the case's brain slices
+    outside it, in the CSV and the JSON (and --shared_noise is recorded)."""
+    case = next(r["case"] for r in dropped["rows"] if r["missing"] == "T1ce")
+    exp_dir = tmp_path / "t1ce"
+    shutil.copytree(models["t1ce"], exp_dir)
+    config = json.loads((exp_dir / "config.json").read_text())
+    (exp_dir / "config.json").write_text(json.dumps({**config, "train_slice_range": [4, 6]}))
+    out = tmp_path / "out"
+    rows = brasyn.main(["complete", "--input", str(dropped["val"] / case), "--models", f"T1ce={exp_dir}", "--out",
+                        str(out), "--batch_size", "16", "--device", "cpu", "--shared_noise"])
+    images = [nib.load(p).get_fdata() for p in find_case_files(dropped["val"] / case, ORDERS["t1ce"][:3]).values()]
+    brain = np.flatnonzero(np.any(np.stack([v != 0 for v in images]), axis=0).any(axis=(0, 1)))
+    expected = int(((brain < 4) | (brain > 6)).sum())
+    assert 0 < expected < len(brain)
+    assert rows[0]["slices_outside_training"] == expected
+    assert _csv(out / "brasyn_report.csv")[0]["slices_outside_training"] == str(expected)
+    report = json.loads((out / "brasyn_report.json").read_text())
+    assert report["cases"][0]["slices_outside_training"] == expected and report["shared_noise"] is True
+    assert report["models"]["T1ce"]["train_slice_range"] == [4, 6]
 
 
 def test_single_case_is_kept_then_redone_identically(dropped: dict, completed: dict, models: dict) -> None:
@@ -201,6 +226,24 @@ def test_single_case_is_kept_then_redone_identically(dropped: dict, completed: d
     assert [r["status"] for r in brasyn.main(argv)] == ["kept (complete from an earlier run)"]
     assert [r["status"] for r in brasyn.main(argv + ["--overwrite"])] == ["synthesised"]
     np.testing.assert_array_equal(nib.load(path).get_fdata(), before)
+
+
+def test_epoch_best_uses_the_best_checkpoints(dropped: dict, completed: dict, models: dict, tmp_path: Path) -> None:
+    """--epoch best (as for test.py) loads gen_diffusive_{1,2}_best.pth: here copies of the latest weights, so the
+    volume equals the one completed with the latest; an experiment without them is refused in one line."""
+    case = next(r["case"] for r in dropped["rows"] if r["missing"] == "T1ce")
+    exp_dir = tmp_path / "t1ce"
+    shutil.copytree(models["t1ce"], exp_dir)
+    argv = ["complete", "--input", str(dropped["val"] / case), "--models", f"T1ce={exp_dir}", "--out",
+            str(tmp_path / "out"), "--batch_size", "8", "--device", "cpu", "--epoch", "best"]
+    with pytest.raises(UserError, match="_best.pth not found"):
+        brasyn.main(argv)
+    for index in (1, 2):
+        shutil.copy(exp_dir / f"gen_diffusive_{index}.pth", exp_dir / f"gen_diffusive_{index}_best.pth")
+    brasyn.main(argv)
+    name = _name(case, "T1ce")
+    np.testing.assert_array_equal(nib.load(tmp_path / "out" / case / name).get_fdata(),
+                                  nib.load(completed["out"] / case / name).get_fdata())
 
 
 def test_brats2021_names(models: dict, tmp_path: Path) -> None:
@@ -277,6 +320,26 @@ def test_score_writes_finite_metrics_per_case(dropped: dict, completed: dict, tm
     summary = json.loads((tmp_path / "metrics" / "volume_metrics.json").read_text())
     assert set(summary["summary"]) == {"all", "T1ce", "FLAIR"} and summary["summary"]["all"]["cases"] == 4
     assert summary["summary"]["all"]["psnr_tumour"]["n"] == 4 and "normalisation" in summary["definitions"]
+    coherence = [f"{p}{c}" for p in ("", "baseline_") for c in COHERENCE_COLUMNS]
+    assert list(written[0])[-len(coherence):] == coherence  # appended after the original columns
+    for row in written:
+        assert all(math.isfinite(float(row[c])) for c in coherence), row
+    assert summary["coherence_resolution"] == "native" and summary["summary"]["all"]["gradient_ratio"]["n"] == 4
+    assert "ssim_<plane>" in summary["definitions"]
+
+
+def test_score_coherence_at_the_model_resolution(dropped: dict, completed: dict, tmp_path: Path) -> None:
+    """--model_resolution N: the coherence columns are computed on N x N axial planes (so they change), the
+    original columns keep their values; a resolution below the SSIM window is refused."""
+    argv = ["score", "--completed", str(completed["out"]), "--truth", str(dropped["truth"]), "--out"]
+    native = brasyn.main(argv + [str(tmp_path / "native")])
+    model = brasyn.main(argv + [str(tmp_path / "model"), "--model_resolution", "16"])
+    for a, b in zip(native, model):
+        assert all(a[k] == b[k] for k in a if k.removeprefix("baseline_") not in COHERENCE_COLUMNS)
+        assert a["ssim_coronal"] != b["ssim_coronal"] and a["gradient_ratio"] != b["gradient_ratio"]
+    assert json.loads((tmp_path / "model" / "volume_metrics.json").read_text())["coherence_resolution"] == 16
+    with pytest.raises(UserError, match="--model_resolution 5 is below"):
+        brasyn.main(argv + [str(tmp_path / "bad"), "--model_resolution", "5"])
 
 
 def test_score_of_the_truth_itself_is_perfect(dropped: dict, completed: dict, tmp_path: Path) -> None:
@@ -291,6 +354,8 @@ def test_score_of_the_truth_itself_is_perfect(dropped: dict, completed: dict, tm
     rows = brasyn.main(["score", "--completed", str(copy), "--truth", str(truth), "--out", str(tmp_path / "m")])
     for row in rows:
         assert row["ssim_brain"] == pytest.approx(1) and row["psnr_brain"] == math.inf
+        assert row["ssim_coronal"] == pytest.approx(1) and row["gradient_ratio"] == pytest.approx(1)
+        assert row["brightness_step"] == pytest.approx(0, abs=1e-12)
     assert math.isnan(rows[0]["ssim_tumour"]) and rows[0]["ssim_outside_tumour"] == pytest.approx(1)
     assert rows[1]["ssim_tumour"] == pytest.approx(1)
 

@@ -1,6 +1,6 @@
 """brasyn.py complete: synthesise each case's missing contrast with the experiment trained for it."""
 from __future__ import annotations
-from utils.brasyn.cases import _and, _check_apart, _csv_text, case_folders, copy_file, extension, missing_modality, read_case_folder
+from utils.brasyn.cases import _and, _check_apart, case_folders, copy_file, extension, missing_modality, read_case_folder
 
 import argparse
 import functools
@@ -10,13 +10,13 @@ from typing import Callable, Sequence
 from tqdm import tqdm
 from utils.data.contrasts import canonical_contrast
 from utils.core.errors import UserError
-from utils.core.fileio import save_json, save_text
+from utils.core.fileio import save_csv, save_json
 from utils.infer.experiment import Experiment, experiment_args, load_experiment
 from utils.data.layouts import BRATS_CONTRASTS, BRATS_NAMINGS, Case
-from utils.infer.volumes import synthesize_volume
+from utils.infer.coverage import UNKNOWN, describe_outside, slices_outside_training
+from utils.infer.synthesizer import Synthesizer
 from utils.core.artifacts import CONFIG_NAME
 from utils.data.preprocessing import check_case
-from utils.core.runtime import seed_everything
 
 
 REPORT_NAME = "brasyn_report"  # complete: <out>/brasyn_report.{json,csv}
@@ -92,7 +92,7 @@ def _model_record(exp: Experiment) -> dict:
     """What the report says about one experiment."""
     return {"experiment": str(Path(exp.args.output_path) / exp.args.exp), "contrasts": exp.contrasts,
             "checkpoints": [str(f) for f in exp.files], "num_timesteps": exp.args.num_timesteps,
-            "normalize": exp.args.normalize}
+            "normalize": exp.args.normalize, "train_slice_range": exp.args.train_slice_range or UNKNOWN}
 
 
 def _report(args: argparse.Namespace, experiments: dict[str, Experiment], rows: list[dict]) -> None:
@@ -100,7 +100,7 @@ def _report(args: argparse.Namespace, experiments: dict[str, Experiment], rows: 
     out = Path(args.out)
     device = next(iter(experiments.values())).device if experiments else None
     record = {"input": str(Path(args.input).resolve()), "out": str(out.resolve()), "seed": args.seed,
-              "batch_size": args.batch_size, "device": str(device),
+              "batch_size": args.batch_size, "shared_noise": args.shared_noise, "device": str(device),
               "models": {t: _model_record(e) for t, e in experiments.items()},
               "intensity": "synthesised volumes: float32 in [0, 1] on the scale of the model's training data "
                            "(models.<target>.normalize: percentile = 1st-99th percentile of the voxels > 0 mapped to "
@@ -108,7 +108,7 @@ def _report(args: argparse.Namespace, experiments: dict[str, Experiment], rows: 
                            "copied unchanged",
               "cases": rows}
     save_json(record, out / f"{REPORT_NAME}.json")
-    save_text(_csv_text(rows), out / f"{REPORT_NAME}.csv")
+    save_csv(rows, out / f"{REPORT_NAME}.csv")
 
 
 def complete_cases(args: argparse.Namespace) -> list[dict]:
@@ -140,15 +140,20 @@ def _complete_case(case: Case, target: str, exp: Experiment, options: argparse.N
            "conditions": " ".join(exp.contrasts[:3]), "copied": " ".join(copies)}
     if not args.overwrite and all((dest / n).exists() for n in [name, *copies]):
         tqdm.write(f"{case.folder.name}: kept, complete from an earlier run (pass --overwrite to redo it)")
-        return {**row, "slices": "", "seconds": "", "status": "kept (complete from an earlier run)"}
+        return {**row, "slices": "", "slices_outside_training": "", "seconds": "",
+                "status": "kept (complete from an earlier run)"}
     start = time.perf_counter()
     for path in [*case.images.values(), *([case.label] if case.label else [])]:
         copy_file(path, dest / path.name)
     # Reseeded per case, so a case's synthesis does not depend on which cases came before it.
-    seed_everything(args.seed)
-    result = synthesize_volume(exp, conditions_of(case, target, options), dest / name, batch_size=args.batch_size,
-                               progress=progress)
+    images = dict(zip(exp.contrasts[:3], conditions_of(case, target, options)))
+    synthesizer = Synthesizer(exp, args.batch_size, args.shared_noise)
+    result = synthesizer.infer_single(dest / name, seed=args.seed, progress=progress, **images)
     seconds = time.perf_counter() - start
+    trained = exp.args.train_slice_range
+    outside = slices_outside_training(result.slices, trained)
     tqdm.write(f"{case.folder.name}: {target} missing -> {name} ({len(result.slices)} slices from "
-               f"{', '.join(exp.contrasts[:3])}, {seconds:.1f} s); copied {len(copies)} files")
-    return {**row, "slices": len(result.slices), "seconds": round(seconds, 2), "status": "synthesised"}
+               f"{', '.join(exp.contrasts[:3])}, {describe_outside(outside, trained)}, {seconds:.1f} s); "
+               f"copied {len(copies)} files")
+    return {**row, "slices": len(result.slices), "slices_outside_training": outside, "seconds": round(seconds, 2),
+            "status": "synthesised"}

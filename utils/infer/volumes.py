@@ -1,7 +1,7 @@
 """Whole-volume synthesis: a case's NIfTI files in, a NIfTI volume on the case's grid out."""
 from __future__ import annotations
 from utils.data.brain import brain_mask
-from utils.data.nifti_io import load_case_volume, save_like
+from utils.data.nifti_io import check_volume, load_case_volume, save_like
 from utils.data.layouts import strip_nifti_suffix
 
 from dataclasses import dataclass
@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from skimage.transform import resize
 from tqdm import tqdm
-from utils.data.geometry import from_model_space, to_model_space
+from utils.data.geometry import from_model_space, to_model_space, unit_to_model
 from utils.core.errors import UserError
 from utils.infer.experiment import Experiment
 from utils.infer.sampling import synthesize
+from utils.model.diffusion import SharedNoise
 from utils.data.preprocessing import DEFAULT_NORMALIZATION, normalize_volume, resize_slices
 
 
@@ -66,19 +67,38 @@ def _batches(items: Sequence[int], size: int) -> list[list[int]]:
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
-def synthesize_case(exp: Experiment, cond_paths: Sequence[str | Path], batch_size: int = 1,
+def _read_conditions(conditions: Sequence[str | Path | np.ndarray]) -> tuple[list[np.ndarray], nib.Nifti1Image]:
+    """The three conditioning volumes (NIfTI paths or (H, W, D) arrays) on one grid, and a NIfTI image to copy."""
+    volumes, reference = [], None
+    for i, item in enumerate(conditions):
+        name = f"--cond{i + 1}"
+        if isinstance(item, np.ndarray):
+            volume = np.asarray(item, dtype=np.float64)
+            if volume.ndim != 3:
+                raise UserError(f"{name}: expected a 3-D (H, W, D) array, got shape {volume.shape}")
+            check_volume(volume, name)
+        else:
+            volume, image = load_case_volume(item, name)
+            reference = image if reference is None else reference
+        volumes.append(volume)
+    if len({v.shape for v in volumes}) != 1:
+        labels = ["array" if isinstance(c, np.ndarray) else Path(c).name for c in conditions]
+        raise UserError("the conditioning volumes differ in shape ("
+                        + ", ".join(f"{label} {v.shape}" for label, v in zip(labels, volumes))
+                        + "); resample them to one grid first")
+    # Arrays carry no geometry: their output gets an identity affine unless a file among the inputs has one.
+    return volumes, reference if reference is not None else nib.Nifti1Image(np.zeros((1, 1, 1), np.float32), np.eye(4))
+
+
+def synthesize_case(exp: Experiment, conditions: Sequence[str | Path | np.ndarray], batch_size: int = 1,
                     uncertainty: bool = False, slice_indices: Sequence[int] | None = None,
-                    progress: Callable = tqdm) -> CaseSynthesis:
-    """Synthesise the target for a case's three conditioning NIfTI files, in the inputs' voxel grid.
+                    progress: Callable = tqdm, shared_noise: bool = False) -> CaseSynthesis:
+    """Synthesise the target for a case's three conditions (NIfTI files or arrays), in the inputs' voxel grid.
 
     By default every axial slice with brain is synthesised; `slice_indices` picks some (e.g. one for a preview).
+    With `shared_noise` one draw of the sampler's noise (SharedNoise) serves every slice of the volume.
     """
-    loaded = [load_case_volume(p, f"--cond{i + 1}") for i, p in enumerate(cond_paths)]
-    volumes = [v for v, _ in loaded]
-    if len({v.shape for v in volumes}) != 1:
-        raise UserError("the conditioning volumes differ in shape ("
-                        + ", ".join(f"{Path(p).name} {v.shape}" for p, v in zip(cond_paths, volumes))
-                        + "); resample them to one grid first")
+    volumes, reference = _read_conditions(conditions)
     mask = brain_mask(volumes)
     brain_slices = [int(k) for k in np.flatnonzero(mask.any(axis=(0, 1)))]
     chosen = brain_slices if slice_indices is None else [int(k) for k in slice_indices]
@@ -88,31 +108,38 @@ def synthesize_case(exp: Experiment, cond_paths: Sequence[str | Path], batch_siz
     # Everything is collected in model space [-1, 1] so one inverse (from_model_space) maps it back; the
     # uncertainty maps are [0, 1] quantities, hence the 2m − 1.
     outputs: dict[str, list[torch.Tensor]] = {"synth": [], "disagreement": [], "critic": []}
+    noise = (SharedNoise.draw(exp.args.num_timesteps, exp.args.nz, tuple(conds[0].shape[1:]), exp.device)
+             if shared_noise else None)
     for chunk in progress(_batches(range(len(chosen)), batch_size), desc="slices", unit="batch"):
-        result = synthesize(exp, *(c[chunk] for c in conds), uncertainty=uncertainty)
+        result = synthesize(exp, *(c[chunk] for c in conds), uncertainty=uncertainty, noise=noise)
         outputs["synth"].append(result.sample.cpu())
         for name, value in (("disagreement", result.disagreement), ("critic", result.critic_map)):
             if value is not None:
-                outputs[name].append((value * 2 - 1).cpu())
+                outputs[name].append(unit_to_model(value).cpu())
     shape = volumes[0].shape
     maps = {name: model_slices_to_volume(torch.cat(parts), chosen, shape, size) * mask
             for name, parts in outputs.items() if parts}
-    return CaseSynthesis(maps=maps, brain=mask, slices=chosen, reference=loaded[0][1])
+    return CaseSynthesis(maps=maps, brain=mask, slices=chosen, reference=reference)
 
 
 def synthesize_volume(exp: Experiment, cond_paths: Sequence[str | Path], out_path: str | Path,
                       batch_size: int = 1, uncertainty: bool = False,
-                      progress: Callable = tqdm) -> VolumeResult:
+                      progress: Callable = tqdm, shared_noise: bool = False) -> VolumeResult:
     """Synthesise every brain slice of a case and write the target (and uncertainty) volumes as NIfTI."""
-    case = synthesize_case(exp, cond_paths, batch_size, uncertainty, progress=progress)
-    out_path = Path(out_path)
-    written = {name: save_like(volume, case.reference, out_path if name == "synth" else _sibling(out_path, name))
-               for name, volume in case.maps.items()}
+    case = synthesize_case(exp, cond_paths, batch_size, uncertainty, progress=progress, shared_noise=shared_noise)
+    written = save_case(case, out_path)
     extra = {k: v for k, v in written.items() if k != "synth"}
-    return VolumeResult(path=out_path, shape=case.brain.shape, slices=case.slices, extra_paths=extra)
+    return VolumeResult(path=Path(out_path), shape=case.brain.shape, slices=case.slices, extra_paths=extra)
 
 
-def _sibling(path: Path, tag: str) -> Path:
+def save_case(case: CaseSynthesis, out_path: str | Path) -> dict[str, Path]:
+    """Write a case's volumes as NIfTI on its grid: the target at `out_path`, each map beside it."""
+    out_path = Path(out_path)
+    return {name: save_like(volume, case.reference, out_path if name == "synth" else sibling_path(out_path, name))
+            for name, volume in case.maps.items()}
+
+
+def sibling_path(path: Path, tag: str) -> Path:
     """`target.nii.gz` -> `target_<tag>.nii.gz` in the same folder."""
     stem = strip_nifti_suffix(path.name)
     return path.with_name(f"{stem}_{tag}{path.name[len(stem):]}")
