@@ -5,7 +5,8 @@
 writes <output>/<split>/<CONTRAST>.npy (float32, N x size x size, in [0, 1]), brain_mask.npy, lesion_mask.npy
 (uint8), manifest.csv (which case and axial slice every row came from) and preprocess.json, with the original
 recipe: per volume 1st/99th percentile clip of the voxels > 0 and min-max to [0, 1] (--normalize median, new:
-anchored at the brain median instead), the middle --slices axial slices, scikit-image resize to --size. Layouts
+anchored at the brain median instead), the middle --slices axial slices (--slices all, new: every slice with
+brain), scikit-image resize to --size. Layouts
 (utils/data/layouts.py): brats (a folder per case, files named as in BraTS 2019/2021,
 <case>_t1/_t1ce/_t2/_flair/_seg.nii[.gz], or BraTS 2023+, <case>-t1n/-t1c/-t2w/-t2f/-seg.nii.gz, recognised per
 case; brats2019, brats2021, brats2023 accept one scheme), isles (ISLES 2015 SISS: numbered case folders with
@@ -19,7 +20,7 @@ from typing import Sequence
 
 from utils.core.errors import run_cli
 from utils.data.layouts import LAYOUTS
-from utils.data.preprocessing import DEFAULT_NORMALIZATION, NORMALIZATIONS, preprocess
+from utils.data.preprocessing import DEFAULT_NORMALIZATION, NORMALIZATIONS, preprocess, slice_count
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, metavar="NAME", help="put every case found into this one split")
     p.add_argument("--contrasts", nargs="+", default=None,
                    help="contrasts to write (default: brats T1 T1ce T2 FLAIR, isles T1 T2 DWI FLAIR, folders all)")
-    p.add_argument("--slices", type=int, default=80, help="middle axial slices taken per volume")
+    p.add_argument("--slices", type=slice_count, default=80, metavar="N|all",
+                   help="middle axial slices taken per volume, or all: every slice from the first to the last with "
+                        "brain (new; the volumes are read twice, once to count them)")
     p.add_argument("--size", type=int, default=256, help="slices are resized to SIZE x SIZE")
     p.add_argument("--normalize", choices=NORMALIZATIONS, default=DEFAULT_NORMALIZATION,
                    help="intensity scale per volume: percentile = the original's 1st/99th percentile clip; median "

@@ -5,7 +5,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import NIFTI_DAMAGE, damage_nifti, load_script, save_tiny_experiment
+from conftest import NIFTI_DAMAGE, damage_nifti, save_tiny_experiment, synthesis_cli
 from utils.core.errors import UserError, run_cli
 from utils.data.layouts import case_name, find_case_files
 from utils.infer.volumes import model_slices_to_volume, volume_to_model_slices
@@ -19,7 +19,6 @@ HEADER_FIELDS = ("dim", "pixdim", "qform_code", "sform_code", "quatern_b", "quat
                  "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units", "descrip", "intent_code")
 
 
-test_script = load_script("test.py", "mudiff_test_script_nifti")
 
 
 def _affine() -> np.ndarray:
@@ -64,7 +63,7 @@ def volume_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     save_tiny_experiment(root / "results" / "exp_brats")
     paths = write_case(root / "case")
     out = root / "synth" / "case_t1ce.nii.gz"
-    test_script.main(["--nifti", "--cond1", str(paths["flair"]), "--cond2", str(paths["t2"]), "--cond3",
+    synthesis_cli(["--nifti", "--cond1", str(paths["flair"]), "--cond2", str(paths["t2"]), "--cond3",
                       str(paths["t1"]), "--out", str(out), "--exp", "exp_brats", "--output_path",
                       str(root / "results"), "--batch_size", "3", "--save_uncertainty"])
     return {"root": root, "paths": paths, "out": out}
@@ -105,7 +104,7 @@ def test_uncertainty_volumes_beside_the_output(volume_run: dict) -> None:
 def test_case_folder_and_default_output(volume_run: dict) -> None:
     """--case finds <case>_<contrast>.nii.gz files and writes EXP/generated_volumes/<case>_<target>.nii."""
     root = volume_run["root"]
-    test_script.main(["--case", str(root / "case"), "--exp", "exp_brats", "--output_path", str(root / "results"),
+    synthesis_cli(["--case", str(root / "case"), "--exp", "exp_brats", "--output_path", str(root / "results"),
                       "--batch_size", "5", "--seed", "3"])
     out = root / "results" / "exp_brats" / "generated_volumes" / "case_t1ce.nii.gz"
     assert nib.load(out).shape == SHAPE
@@ -132,7 +131,7 @@ def test_volumes_are_normalised_as_the_training_data_was(volume_run: dict, monke
     outputs = {}
     for exp in ("exp_brats", "exp_median"):
         out = root / f"{exp}.nii.gz"
-        test_script.main(["--case", str(root / "case"), "--exp", exp, "--output_path", str(root / "results"),
+        synthesis_cli(["--case", str(root / "case"), "--exp", exp, "--output_path", str(root / "results"),
                           "--out", str(out), "--seed", "1"])
         outputs[exp] = nib.load(out).get_fdata()
     assert methods == ["percentile"] * 3 + ["median"] * 3
@@ -175,7 +174,7 @@ def test_input_errors_are_one_line(volume_run: dict, tmp_path: Path, capsys: pyt
     for argv in (["--cond1", str(paths["flair"]), "--cond2", str(paths["t2"]), "--cond3",
                   str(tmp_path / "small.nii.gz")],
                  ["--nifti", "--cond1", str(paths["flair"])]):
-        assert run_cli(test_script.main, argv + common) == 2
+        assert run_cli(synthesis_cli, argv + common) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("error:")
     assert not (tmp_path / "x.nii.gz").exists()
@@ -192,7 +191,60 @@ def test_corrupt_condition_is_one_line(volume_run: dict, tmp_path: Path, capsys:
     damage_nifti(damaged, how)
     argv = ["--cond1", str(paths["flair"]), "--cond2", str(paths["t2"]), "--cond3", str(damaged), "--exp",
             "exp_brats", "--output_path", str(volume_run["root"] / "results"), "--out", str(tmp_path / "x.nii.gz")]
-    assert run_cli(test_script.main, argv) == 2
+    assert run_cli(synthesis_cli, argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: --cond3") and str(damaged) in err
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def _write_stack(folder: Path, names: tuple[str, ...] = ("flair", "t2", "t1")) -> list[Path]:
+    """Conditioning volumes whose brain slices 2..7 all hold the same image (a column of identical slices)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(4)
+    x, y = np.meshgrid(np.arange(SHAPE[0]), np.arange(SHAPE[1]), indexing="ij")
+    disc = ((x - 25) / 18) ** 2 + ((y - 21) / 15) ** 2 < 1
+    paths = []
+    for i, name in enumerate(names):
+        image = (rng.random(SHAPE[:2]) * 500 + 300 * (i + 1)) * disc
+        volume = np.zeros(SHAPE, np.float32)
+        volume[:, :, 2:8] = image[:, :, None]
+        paths.append(folder / f"stack_{name}.nii.gz")
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), paths[-1])
+    return paths
+
+
+def test_shared_noise_makes_identical_slices_come_out_identical(volume_run: dict, tmp_path: Path) -> None:
+    """--shared_noise: one draw of all the sampler's noise serves every slice, across batches, so identical input
+    slices give identical outputs; without it (the original) fresh noise makes them differ."""
+    paths = _write_stack(tmp_path / "stack")
+    outputs = {}
+    for extra in ([], ["--shared_noise"]):
+        out = tmp_path / f"out{len(extra)}.nii.gz"
+        synthesis_cli(["--nifti", *(a for i, p in enumerate(paths) for a in (f"--cond{i + 1}", str(p))), "--out",
+                       str(out), "--exp", "exp_brats", "--output_path", str(volume_run["root"] / "results"),
+                       "--batch_size", "4", *extra])
+        data = nib.load(out).get_fdata()[:, :, 2:8]
+        outputs[bool(extra)] = np.abs(data - data[:, :, :1]).max()
+    assert outputs[True] < 1e-5 < 1e-2 < outputs[False]
+    with pytest.raises(UserError, match="--shared_noise shares the noise among the slices of one volume"):
+        synthesis_cli(["--shared_noise", "--exp", "exp_brats", "--output_path", str(volume_run["root"] / "results")])
+
+
+def test_report_counts_slices_outside_the_trained_range(volume_run: dict, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """test.py --nifti says how many brain slices lie outside config.json's train_slice_range, or that it is
+    unknown for an experiment that records none."""
+    import json
+
+    root = volume_run["root"]
+    paths = volume_run["paths"]
+    conds = ["--cond1", str(paths["flair"]), "--cond2", str(paths["t2"]), "--cond3", str(paths["t1"])]
+    exp_dir = root / "results" / "exp_ranged"
+    save_tiny_experiment(exp_dir)
+    config = json.loads((exp_dir / "config.json").read_text())
+    (exp_dir / "config.json").write_text(json.dumps({**config, "train_slice_range": [4, 5]}))
+    for exp, expected in (("exp_ranged", "3 of them outside the axial slices 4-5 the model was trained on"),
+                          ("exp_brats", "the axial slices the model was trained on are not recorded")):
+        synthesis_cli(["--nifti", *conds, "--out", str(tmp_path / f"{exp}.nii.gz"), "--exp", exp, "--output_path",
+                       str(root / "results"), "--batch_size", "5"])
+        assert expected in capsys.readouterr().out  # brain slices 3..7: 3, 6 and 7 lie outside 4-5

@@ -459,3 +459,62 @@ def test_truncated_volume_is_one_line_from_a_worker_process(brats_root: Path, tm
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and f"{CASES[2]}_flair.nii.gz is truncated" in last
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ --slices all
+
+def _brain_rows(case_dir: Path) -> range:
+    """The axial slices from the first to the last with a voxel > 0 in any image of a case (labels aside)."""
+    images = [nib.load(str(p)).get_fdata() for p in sorted(case_dir.glob("*.nii.gz")) if "_seg" not in p.name]
+    hits = np.flatnonzero(np.any(np.stack([v != 0 for v in images]), axis=0).any(axis=(0, 1)))
+    return range(int(hits[0]), int(hits[-1]) + 1)
+
+
+def test_slices_all_keeps_every_slice_with_brain(tmp_path: Path) -> None:
+    """--slices all: per case the slices from the first to the last with brain, the recipe's rows for them, a
+    manifest and preprocess.json that say so; the default run records its middle range in preprocess.json."""
+    ids = [phantom.case_name(i) for i in (1, 2, 3)]
+    for i, case in enumerate(ids):
+        phantom.make_case(case, tmp_path / "cases", size=32, seed=i, skull_strip=True)
+    splits = _write_lists(tmp_path / "splits", {"train": ids[:2], "val": ids[2:]})
+    argv = ["--layout", "brats", "--input", str(tmp_path / "cases"), "--split-file", str(splits), "--size", "32"]
+    counts = pre_process.main(argv + ["--output", str(tmp_path / "all"), "--slices", "all"])
+    ranges = {case: _brain_rows(tmp_path / "cases" / case) for case in ids}
+    depth = nib.load(str(tmp_path / "cases" / ids[0] / f"{ids[0]}_t1.nii.gz")).shape[2]
+    assert all(0 < r.start or r.stop < depth for r in ranges.values())  # some slices without brain to leave out
+    assert counts == {"train": len(ranges[ids[0]]) + len(ranges[ids[1]]), "val": len(ranges[ids[2]])}
+    rows = _manifest(tmp_path / "all" / "train" / "manifest.csv")
+    assert [(r[1], r[2]) for r in rows] == [(c, k) for c in ids[:2] for k in ranges[c]]
+    flair = np.load(tmp_path / "all" / "train" / "FLAIR.npy")
+    vol = preprocessing.normalize_volume(nib.load(str(tmp_path / "cases" / ids[0] / f"{ids[0]}_flair.nii.gz"))
+                                         .get_fdata(), dtype=np.float64)
+    np.testing.assert_array_equal(flair[:len(ranges[ids[0]])],
+                                  np.moveaxis(vol[:, :, ranges[ids[0]].start:ranges[ids[0]].stop], 2, 0)
+                                  .astype(np.float32))
+    assert np.load(tmp_path / "all" / "train" / "brain_mask.npy").shape == flair.shape
+    info = json.loads((tmp_path / "all" / "train" / "preprocess.json").read_text())
+    first = min(ranges[c].start for c in ids[:2])
+    last = max(ranges[c].stop for c in ids[:2]) - 1
+    assert info["slices_per_case"] == "all" and info["slice_range"] == [first, last]
+    assert "first to the last with brain" in info["recipe"]
+    assert preprocessing.split_slice_range(tmp_path / "all" / "train") == [first, last]
+    pre_process.main(argv + ["--output", str(tmp_path / "mid"), "--slices", "6"])
+    middle = [(depth - 6) // 2, (depth - 6) // 2 + 5]
+    assert json.loads((tmp_path / "mid" / "val" / "preprocess.json").read_text())["slice_range"] == middle
+    assert preprocessing.split_slice_range(tmp_path / "mid" / "val") == middle
+
+
+def test_slice_range_of_older_splits(tmp_path: Path) -> None:
+    """Splits from before preprocess.json recorded the range: taken from manifest.csv; with neither, unknown."""
+    (tmp_path / "manifest.csv").write_text("index,case_id,slice_index\n0,a,40\n1,a,41\n2,b,38\n")
+    (tmp_path / "preprocess.json").write_text(json.dumps({"slices_per_case": 3}))
+    assert preprocessing.split_slice_range(tmp_path) == [38, 41]
+    assert preprocessing.split_slice_range(tmp_path / "nothing") is None
+
+
+def test_slices_option_takes_a_count_or_all(brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--slices accepts N or all; anything else is an argparse error naming both forms."""
+    assert pre_process.build_parser().parse_args(["--input", "x", "--output", "y", "--slices", "all"]).slices == "all"
+    with pytest.raises(SystemExit):
+        pre_process.build_parser().parse_args(["--input", "x", "--output", "y", "--slices", "most"])
+    assert "neither a number of slices nor 'all'" in capsys.readouterr().err

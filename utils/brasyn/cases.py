@@ -1,8 +1,6 @@
 """BraSyn case folders: reading one, naming its files, finding which contrast it lacks."""
 from __future__ import annotations
 
-import csv
-import io
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -79,15 +77,6 @@ def copy_file(source: Path, dest: Path) -> None:
     """Copy a file byte for byte, atomically (a temporary name beside `dest`, then a rename)."""
     with atomic_path(dest) as tmp:
         shutil.copyfile(source, tmp)
-
-
-def _csv_text(rows: list[dict]) -> str:
-    """Rows as CSV text with a header (the first row's keys)."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["case"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()
 
 
 def _check_apart(first: tuple[str, Path], second: tuple[str, Path]) -> None:

@@ -1,6 +1,6 @@
 """brasyn.py drop: make BraSyn-style validation cases by removing one contrast per case (seeded, balanced)."""
 from __future__ import annotations
-from utils.brasyn.cases import _and, _check_apart, _csv_text, copy_file
+from utils.brasyn.cases import _and, _check_apart, copy_file
 
 import argparse
 from pathlib import Path
@@ -9,7 +9,7 @@ import numpy as np
 from tqdm import tqdm
 from utils.data.contrasts import canonical_contrast
 from utils.core.errors import UserError
-from utils.core.fileio import save_text
+from utils.core.fileio import save_csv
 from utils.core.fileio import natural_key
 from utils.data.layouts import BRATS_CONTRASTS, BRATS_NAMINGS, Case, brats_folder_files, find_cases, read_split_files, select_cases
 
@@ -85,7 +85,7 @@ def drop_modalities(args: argparse.Namespace) -> list[dict]:
             copy_file(case.label, truth / case.case_id / case.label.name)
         rows.append({"case": case.case_id, "missing": dropped, "file": case.images[dropped].name,
                      "label": case.label.name if case.label else ""})
-    save_text(_csv_text(rows), truth / DROPPED_NAME)
+    save_csv(rows, truth / DROPPED_NAME)
     counts = ", ".join(f"{c} {sum(r['missing'] == c for r in rows)}" for c in candidates)
     print(f"{len(rows)} BraSyn cases in {out} (dropped: {counts}, seed {args.seed}); the dropped images and "
           f"segmentations are in {truth}, listed in {truth / DROPPED_NAME}")

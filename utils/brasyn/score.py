@@ -1,6 +1,6 @@
 """brasyn.py score: whole-volume SSIM/PSNR of completed cases against the held-back truth."""
 from __future__ import annotations
-from utils.brasyn.cases import BASELINE_SOURCE, _csv_text, case_folders, read_case_folder
+from utils.brasyn.cases import BASELINE_SOURCE, case_folders, read_case_folder
 
 import argparse
 import math
@@ -10,9 +10,11 @@ import numpy as np
 from skimage.metrics import structural_similarity
 from tqdm import tqdm
 from utils.core.errors import UserError
-from utils.core.fileio import save_json, save_text
+from utils.core.fileio import save_csv, save_json
+from utils.data.brain import brain_mask
 from utils.data.layouts import BRATS_CONTRASTS, Case
-from utils.eval.metrics import SSIM_WINDOW, percentile_minmax, summarize_values
+from utils.eval.coherence import COHERENCE_COLUMNS, COHERENCE_METRICS, coherence_metrics
+from utils.eval.metrics import SSIM_WINDOW, percentile_minmax, psnr, summarize_values
 from utils.data.nifti_io import load_case_volume
 from utils.data.nifti_io import header_shape, load_label
 
@@ -47,14 +49,6 @@ def _grown_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     return tuple(box)
 
 
-def _psnr(truth: np.ndarray, synth: np.ndarray) -> float:
-    """PSNR (dB) of [0, 1] voxels with data range 1; inf when they are identical, NaN when there are none."""
-    if truth.size == 0:
-        return math.nan
-    mse = float(np.mean((truth - synth) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
-
-
 def volume_metrics(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, tumour: np.ndarray | None
                    ) -> dict[str, float]:
     """SSIM and PSNR per region (VOLUME_METRICS) of a synthesised volume against the truth; NaN for an empty region."""
@@ -72,7 +66,7 @@ def volume_metrics(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, tumo
     for region, mask in masks.items():
         inside = mask[box]
         result[f"ssim_{region}"] = float(ssim_map[inside].mean()) if inside.any() else math.nan
-        result[f"psnr_{region}"] = _psnr(truth01[box][inside], synth01[box][inside])
+        result[f"psnr_{region}"] = psnr(truth01[box][inside], synth01[box][inside], 1.0) if inside.any() else math.nan
     return result
 
 
@@ -116,26 +110,35 @@ def _score_job(truth_case: Case, completed: Path) -> ScoreJob:
     return job
 
 
-def _score_case(job: ScoreJob) -> dict:
+def _coherence(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, resolution: int | None) -> dict[str, float]:
+    """COHERENCE_METRICS of a synthesis, both volumes normalised as for volume_metrics."""
+    return coherence_metrics(percentile_minmax(truth), percentile_minmax(synth), brain, resolution)
+
+
+def _score_case(job: ScoreJob, resolution: int | None = None) -> dict:
     """One row of volume_metrics.csv: the synthesis against the truth, and the baseline against it."""
     truth = load_case_volume(job.truth, f"truth {job.name} {job.contrast}")[0]
     synth = load_case_volume(job.done.images[job.contrast], f"completed {job.name} {job.contrast}")[0]
     acquired = {c: load_case_volume(p, f"completed {job.name} {c}")[0] for c, p in job.done.images.items()
                 if c != job.contrast}
     tumour = None if job.label is None else load_label(job.label, f"case {job.name} seg") > 0
-    brain = np.any(np.stack([v != 0 for v in acquired.values()]), axis=0)
+    brain = brain_mask(list(acquired.values()))
     metrics = volume_metrics(truth, synth, brain, tumour)
     source = BASELINE_SOURCE[job.contrast]
     baseline = volume_metrics(truth, acquired[source], brain, tumour) if source in acquired else {}
+    # Appended after the original columns, so those keep their places.
+    coherence = _coherence(truth, synth, brain, resolution)
+    base_coherence = _coherence(truth, acquired[source], brain, resolution) if source in acquired else {}
     return {"case": job.name, "contrast": job.contrast, "file": job.done.images[job.contrast].name,
             "seg": job.label.name if job.label else "", "brain_voxels": int(brain.sum()),
             "tumour_voxels": int((tumour & brain).sum()) if tumour is not None else "", **metrics,
-            "baseline": source, **{f"baseline_{k}": baseline.get(k, math.nan) for k in metrics}}
+            "baseline": source, **{f"baseline_{k}": baseline.get(k, math.nan) for k in metrics}, **coherence,
+            **{f"baseline_{k}": base_coherence.get(k, math.nan) for k in coherence}}
 
 
 def _metric_columns() -> list[str]:
-    """ssim_brain, psnr_brain, ssim_tumour, ..., then the same for the baseline."""
-    plain = [f"{m}_{r}" for r in REGIONS for m in ("ssim", "psnr")]
+    """ssim_brain, psnr_brain, ssim_tumour, ..., the coherence columns, then the same for the baseline."""
+    plain = [f"{m}_{r}" for r in REGIONS for m in ("ssim", "psnr")] + list(COHERENCE_COLUMNS)
     return plain + [f"baseline_{c}" for c in plain]
 
 
@@ -153,13 +156,14 @@ def _table(summary: dict) -> str:
     """The summary as a printed table: one line per metric, one column per group."""
     groups = list(summary)
     titles = [f"{g} ({summary[g]['cases']})" for g in groups]
-    lines = [" " * 30 + "".join(f"{t:>18}" for t in titles)]
+    width = max(28, *map(len, _metric_columns()))
+    lines = [" " * (width + 2) + "".join(f"{t:>18}" for t in titles)]
     for col in _metric_columns():
         cells = []
         for g in groups:
             s = summary[g][col]
             cells.append(f"{s['mean']:.3f} ± {s['std']:.3f}" if s["mean"] is not None else "n/a")
-        lines.append(f"  {col:28}" + "".join(f"{c:>18}" for c in cells))
+        lines.append(f"  {col:{width}}" + "".join(f"{c:>18}" for c in cells))
     return "\n".join(lines)
 
 
@@ -168,12 +172,17 @@ def score_cases(args: argparse.Namespace) -> list[dict]:
     truth_root, completed, out = Path(args.truth), Path(args.completed), Path(args.out)
     if not completed.is_dir():
         raise UserError(f"--completed {completed} is not a folder")
+    resolution = args.model_resolution
+    if resolution is not None and resolution < SSIM_WINDOW:
+        raise UserError(f"--model_resolution {resolution} is below SSIM's {SSIM_WINDOW}-pixel window; give the "
+                        "model's --image_size (e.g. 64 or 256)")
     jobs = [_score_job(read_case_folder(f), completed) for f in case_folders(truth_root, "--truth")]
     with tqdm(jobs, desc="scoring", unit="case") as bar:
-        rows = [_score_case(job) for job in bar]
+        rows = [_score_case(job, resolution) for job in bar]
     summary = _summary(rows)
-    save_text(_csv_text(rows), out / f"{METRICS_NAME}.csv")
-    save_json({"definitions": VOLUME_METRICS, "summary": summary}, out / f"{METRICS_NAME}.json")
+    save_csv(rows, out / f"{METRICS_NAME}.csv")
+    save_json({"definitions": {**VOLUME_METRICS, **COHERENCE_METRICS},
+               "coherence_resolution": resolution or "native", "summary": summary}, out / f"{METRICS_NAME}.json")
     print(f"volume metrics of {len(rows)} synthesised volumes (mean ± std over cases; SSIM, PSNR in dB):")
     print(_table(summary))
     print(f"per case: {out / METRICS_NAME}.csv; summary and definitions: {out / METRICS_NAME}.json")

@@ -1,24 +1,24 @@
 """pre_process.py's recipe: normalise each volume, keep the middle slices, resize, write the split folders."""
 import argparse
 import contextlib
-import csv
-import io
 import json
 import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from numpy.lib.format import open_memmap
 from skimage.transform import resize
 from tqdm import tqdm
 from utils.core.artifacts import BRAIN_MASK, LESION_MASK, MANIFEST, MANIFEST_COLUMNS
 from utils.core.errors import UserError
-from utils.core.fileio import atomic_path, load_json
+from utils.core.fileio import atomic_path, csv_text, load_json
+from utils.data.brain import brain_mask
 from utils.data.layouts import LABEL, Case, choose_contrasts, plan_splits
 from utils.core.artifacts import INFO
 from utils.data.nifti_io import check_volume, header_shape, load_label, load_volume
+from utils.data.slices import read_manifest
 
 
 LOW_PERCENTILE = 1.0
@@ -81,6 +81,27 @@ def middle_slices(depth: int, count: int, name: str = "volume") -> range:
     return range(start, start + count)
 
 
+ALL_SLICES = "all"  # --slices all: every axial slice from the first to the last with brain
+
+
+def slice_count(value: str) -> int | str:
+    """--slices: a number of middle axial slices, or 'all' (every slice with brain)."""
+    if value == ALL_SLICES:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a number of slices nor '{ALL_SLICES}'") from None
+
+
+def brain_slices(brain: np.ndarray, name: str = "volume") -> range:
+    """The axial slices of an (H, W, D) brain mask from the first to the last that holds any brain voxel."""
+    hits = np.flatnonzero(brain.any(axis=(0, 1)))
+    if hits.size == 0:
+        raise UserError(f"{name} has no brain voxel (every contrast is zero there); check its files or leave it out")
+    return range(int(hits[0]), int(hits[-1]) + 1)
+
+
 def resize_slices(slices: np.ndarray, size: int) -> np.ndarray:
     """Resize each (H, W) slice of an (N, H, W) stack to (size, size) exactly as the original did."""
     slices = np.asarray(slices)
@@ -109,16 +130,16 @@ def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
 
 
 def volume_to_slices(vol: np.ndarray, count: int, size: int, name: str = "volume",
-                     method: str = DEFAULT_NORMALIZATION) -> tuple[np.ndarray, range]:
-    """Whole recipe for one volume: normalise, take the middle `count` axial slices, resize; float32 (N, S, S)."""
-    index = middle_slices(vol.shape[2], count, name)
+                     method: str = DEFAULT_NORMALIZATION, index: range | None = None) -> tuple[np.ndarray, range]:
+    """Whole recipe for one volume: normalise, take the middle `count` (or `index`) axial slices, resize (N, S, S)."""
+    index = middle_slices(vol.shape[2], count, name) if index is None else index
     # Normalise in float64 and resize before the float32 cast, as the original's arithmetic did.
     norm = normalize_volume(vol, name, dtype=np.float64, method=method)
     stack = np.moveaxis(norm[:, :, index.start:index.stop], 2, 0)
     return resize_slices(stack, size).astype(np.float32), index
 
 
-def check_case(case: Case, contrasts: Sequence[str], slices: int, use_label: bool) -> None:
+def check_case(case: Case, contrasts: Sequence[str], slices: int | str, use_label: bool) -> None:
     """Cheap header checks before anything is written: files present, 3-D, one grid, enough slices."""
     shapes = {}
     for name in contrasts:
@@ -134,8 +155,8 @@ def check_case(case: Case, contrasts: Sequence[str], slices: int, use_label: boo
         listing = ", ".join(f"{k} {'x'.join(map(str, s))}" for k, s in shapes.items())
         raise UserError(f"case {case.case_id}: volumes have different shapes ({listing}); resample them onto one "
                         "grid (co-register) or leave the case out")
-    depth = next(iter(shapes.values()))[2]
-    middle_slices(depth, slices, f"case {case.case_id}")
+    if slices != ALL_SLICES:
+        middle_slices(next(iter(shapes.values()))[2], slices, f"case {case.case_id}")
 
 
 def _labels_in_use(split: str, cases: list[Case], no_labels: bool) -> bool:
@@ -155,26 +176,37 @@ class CaseJob:
 
     case: Case
     contrasts: tuple[str, ...]
-    slices: int
+    slices: int | str
     size: int
     use_label: bool
     normalize: str = DEFAULT_NORMALIZATION
+    index: range | None = None  # the axial slices to keep; None: the middle `slices`
 
 
-def process_case(job: CaseJob) -> dict:
-    """Slices of one case: {contrast: float32 (N,S,S)}, brain and lesion masks (uint8) and the slice indices."""
+def load_case_images(job: CaseJob) -> dict[str, np.ndarray]:
+    """The job's contrast volumes of one case, checked to share one grid."""
     case = job.case
     raw = {c: load_volume(case.images[c], f"case {case.case_id} {c}") for c in job.contrasts}
     shapes = {c: v.shape for c, v in raw.items()}
     if len(set(shapes.values())) > 1:
         raise UserError(f"case {case.case_id}: volumes have different shapes ({shapes}); resample them onto one grid")
-    images, index = {}, None
+    return raw
+
+
+def case_brain_slices(job: CaseJob) -> range:
+    """The axial slices of one case from the first to the last with brain (non-zero in any of its contrasts)."""
+    return brain_slices(brain_mask(list(load_case_images(job).values())), f"case {job.case.case_id}")
+
+
+def process_case(job: CaseJob) -> dict:
+    """Slices of one case: {contrast: float32 (N,S,S)}, brain and lesion masks (uint8) and the slice indices."""
+    case = job.case
+    raw = load_case_images(job)
+    images, index = {}, job.index
     for name, vol in raw.items():
         images[name], index = volume_to_slices(vol, job.slices, job.size, f"case {case.case_id} {name}",
-                                                job.normalize)
-    brain = np.zeros(next(iter(shapes.values())), dtype=bool)
-    for vol in raw.values():
-        brain |= vol != 0
+                                                job.normalize, job.index)
+    brain = brain_mask(list(raw.values()))
     result = {"images": images, "index": list(index),
               "brain": resize_masks(np.moveaxis(brain[:, :, index.start:index.stop], 2, 0), job.size),
               "lesion": None}
@@ -184,13 +216,14 @@ def process_case(job: CaseJob) -> dict:
     return result
 
 
-def _results(jobs: list[CaseJob], workers: int) -> Iterator[dict]:
-    """Process cases in order, in `workers` processes when more than one."""
+def _results(jobs: list[CaseJob], workers: int, work: Callable[[CaseJob], Any] | None = None) -> Iterator:
+    """`work` (default process_case) on every case in order, in `workers` processes when more than one."""
+    work = work or process_case  # looked up now, so that a test's stand-in for process_case is used
     if workers <= 1:
-        yield from map(process_case, jobs)
+        yield from map(work, jobs)
         return
     with multiprocessing.get_context().Pool(workers) as pool:
-        yield from pool.imap(process_case, jobs)
+        yield from pool.imap(work, jobs)
 
 
 def output_names(contrasts: Iterable[str], with_lesion: bool) -> list[str]:
@@ -222,34 +255,33 @@ def _remove_case_variants(folder: Path, names: list[str]) -> None:
             path.unlink()
 
 
-def _info(args: argparse.Namespace, split: str, cases: list[Case], contrasts: Sequence[str], lesion: bool) -> str:
-    """preprocess.json text: how this split was made."""
+SLICE_RULES = {"middle": "middle axial slices (depth - slices) // 2 onwards",
+               ALL_SLICES: "every axial slice from the first to the last with brain (non-zero in any contrast)"}
+
+
+def _info(args: argparse.Namespace, split: str, cases: list[Case], contrasts: Sequence[str], lesion: bool,
+          kept: Sequence[int]) -> str:
+    """preprocess.json text: how this split was made; `kept` are the axial indices of its rows (the manifest's)."""
     namings = sorted({c.naming for c in cases if c.naming})
+    rule = SLICE_RULES[ALL_SLICES if args.slices == ALL_SLICES else "middle"]
     info = {"layout": args.layout, **({"naming": namings} if namings else {}),
             "input": str(Path(args.input).resolve()), "split": split,
             "contrasts": list(contrasts), "slices_per_case": args.slices, "size": args.size,
+            # What a model trained on this split has seen: the first and last axial index of any case's rows.
+            "slice_range": [min(kept), max(kept)] if kept else None,
             "cases": [c.case_id for c in cases], "lesion_mask": lesion,
             "normalize": args.normalize,
-            "recipe": f"per volume: {RECIPES[args.normalize]}; middle axial slices (depth - slices) // 2 onwards; "
+            "recipe": f"per volume: {RECIPES[args.normalize]}; {rule}; "
                       "skimage resize(mode='constant', anti_aliasing=True)"}
     return json.dumps(info, indent=2) + "\n"
 
 
-def _manifest_text(rows: list[tuple[int, str, int]]) -> str:
-    """manifest.csv contents."""
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
-    writer.writerows(rows)
-    return text.getvalue()
-
-
 def _open_arrays(stack: contextlib.ExitStack, out: Path, plan: dict[str, list[Case]], contrasts: Sequence[str],
-                 lesion: dict[str, bool], slices: int, size: int) -> dict[tuple[str, str], np.ndarray]:
-    """Memory-mapped output arrays under temporary names, renamed into place when `stack` closes cleanly."""
+                 lesion: dict[str, bool], rows: dict[str, int], size: int) -> dict[tuple[str, str], np.ndarray]:
+    """Memory-mapped output arrays (rows[split] slices each) under temporary names, renamed when `stack` closes."""
     arrays = {}
-    for split, cases in plan.items():
-        shape = (len(cases) * slices, size, size)
+    for split in plan:
+        shape = (rows[split], size, size)
         names = list(contrasts) + [BRAIN_MASK] + ([LESION_MASK] if lesion[split] else [])
         for name in names:
             # Memory maps keep a whole training split (gigabytes) out of RAM while it is filled case by case.
@@ -259,21 +291,48 @@ def _open_arrays(stack: contextlib.ExitStack, out: Path, plan: dict[str, list[Ca
     return arrays
 
 
-def write_splits(args: argparse.Namespace, plan: dict[str, list[Case]], contrasts: Sequence[str],
-                 lesion: dict[str, bool]) -> None:
-    """Process every case and write all splits; files appear (renamed from temporaries) only if all succeed."""
-    out = Path(args.output)
-    created = [d for d in [out] + [out / s for s in plan] if not d.exists()]
+def plan_jobs(args: argparse.Namespace, plan: dict[str, list[Case]], contrasts: Sequence[str],
+              lesion: dict[str, bool]) -> list[CaseJob]:
+    """One job per case, split by split; with --slices all each job knows its brain slices (the volumes are read)."""
     jobs = [CaseJob(case, tuple(contrasts), args.slices, args.size, lesion[split], args.normalize)
             for split, cases in plan.items() for case in cases]
+    if args.slices == ALL_SLICES:
+        # The arrays are allocated before any case is written, so their lengths must be known first.
+        ranges = tqdm(_results(jobs, args.workers, case_brain_slices), total=len(jobs), desc="finding brain slices",
+                      unit="case")
+        for job, index in zip(jobs, ranges):
+            job.index = index
+    return jobs
+
+
+def _row_slices(plan: dict[str, list[Case]], jobs: list[CaseJob]) -> list[slice]:
+    """The rows of its split's arrays each job fills, in job order."""
+    rows, job = [], iter(jobs)
+    for cases in plan.values():
+        start = 0
+        for _ in cases:
+            current = next(job)
+            count = len(current.index) if current.index is not None else current.slices
+            rows.append(slice(start, start + count))
+            start += count
+    return rows
+
+
+def write_splits(args: argparse.Namespace, plan: dict[str, list[Case]], contrasts: Sequence[str],
+                 lesion: dict[str, bool]) -> dict[str, int]:
+    """Process every case and write all splits (renamed from temporaries only if all succeed); slices per split."""
+    out = Path(args.output)
+    created = [d for d in [out] + [out / s for s in plan] if not d.exists()]
+    jobs = plan_jobs(args, plan, contrasts, lesion)
     owners = [(split, pos) for split, cases in plan.items() for pos in range(len(cases))]
+    row_slices = _row_slices(plan, jobs)
+    counts = {split: sum(r.stop - r.start for (s, _), r in zip(owners, row_slices) if s == split) for split in plan}
     manifests: dict[str, list[tuple[int, str, int]]] = {split: [] for split in plan}
     try:
         with contextlib.ExitStack() as stack:
-            arrays = _open_arrays(stack, out, plan, contrasts, lesion, args.slices, args.size)
+            arrays = _open_arrays(stack, out, plan, contrasts, lesion, counts, args.size)
             with tqdm(total=len(jobs), desc="preprocessing", unit="case") as bar:
-                for (split, pos), result in zip(owners, _results(jobs, args.workers)):
-                    rows = slice(pos * args.slices, (pos + 1) * args.slices)
+                for (split, pos), rows, result in zip(owners, row_slices, _results(jobs, args.workers)):
                     for name, stack_of_slices in result["images"].items():
                         arrays[split, name][rows] = stack_of_slices
                     arrays[split, BRAIN_MASK][rows] = result["brain"]
@@ -287,9 +346,10 @@ def write_splits(args: argparse.Namespace, plan: dict[str, list[Case]], contrast
                 array.flush()
             arrays.clear()
             for split, rows in manifests.items():
-                stack.enter_context(atomic_path(out / split / MANIFEST)).write_text(_manifest_text(rows))
+                manifest = csv_text([dict(zip(MANIFEST_COLUMNS, row)) for row in rows], MANIFEST_COLUMNS)
+                stack.enter_context(atomic_path(out / split / MANIFEST)).write_text(manifest)
                 stack.enter_context(atomic_path(out / split / INFO)).write_text(
-                    _info(args, split, plan[split], contrasts, lesion[split]))
+                    _info(args, split, plan[split], contrasts, lesion[split], [k for _, _, k in rows]))
     except BaseException:
         for folder in reversed(created):
             with contextlib.suppress(OSError):
@@ -297,6 +357,7 @@ def write_splits(args: argparse.Namespace, plan: dict[str, list[Case]], contrast
         raise
     for split in plan:
         _remove_case_variants(out / split, output_names(contrasts, lesion[split]))
+    return counts
 
 
 def preprocess(args: argparse.Namespace) -> dict[str, int]:
@@ -305,8 +366,8 @@ def preprocess(args: argparse.Namespace) -> dict[str, int]:
         if not args.dataset:
             raise UserError("pass --layout brats|isles|folders (or --dataset brats|isles, which implies it)")
         args.layout = args.dataset
-    if args.slices < 1 or args.size < 1 or args.workers < 1:
-        raise UserError("--slices, --size and --workers must be positive")
+    if (args.slices != ALL_SLICES and args.slices < 1) or args.size < 1 or args.workers < 1:
+        raise UserError(f"--slices (or '{ALL_SLICES}'), --size and --workers must be positive")
     plan = plan_splits(args)
     if not plan:
         raise UserError("the split lists name no cases; put case ids (one a line) into them")
@@ -317,12 +378,12 @@ def preprocess(args: argparse.Namespace) -> dict[str, int]:
             check_case(case, contrasts, args.slices, lesion[split])
     out = Path(args.output)
     check_overwrite(out, plan, {s: output_names(contrasts, lesion[s]) for s in plan}, args.overwrite)
-    write_splits(args, plan, contrasts, lesion)
-    counts = {split: len(cases) * args.slices for split, cases in plan.items()}
+    counts = write_splits(args, plan, contrasts, lesion)
+    per_case = "their brain" if args.slices == ALL_SLICES else args.slices
     for split, cases in plan.items():
         extra = " + lesion mask" if lesion[split] else ""
         plural = "s" if len(cases) != 1 else ""
-        print(f"{out / split}: {len(cases)} case{plural} x {args.slices} slices = {counts[split]} slices of "
+        print(f"{out / split}: {len(cases)} case{plural} x {per_case} slices = {counts[split]} slices of "
               f"{args.size}x{args.size}, {', '.join(contrasts)} + brain mask{extra}")
     return counts
 
@@ -338,6 +399,20 @@ def split_normalization(folder: str | os.PathLike) -> str:
         raise UserError(f"{path}: unknown normalize {method!r} (known: {', '.join(NORMALIZATIONS)}); rerun "
                         "pre_process.py")
     return method
+
+
+def split_slice_range(folder: str | os.PathLike) -> list[int] | None:
+    """The first and last axial index a preprocessed split holds (preprocess.json, else manifest.csv); None: unknown."""
+    folder = Path(folder)
+    info = load_json(folder / INFO, "rerun pre_process.py or delete the file") if (folder / INFO).is_file() else {}
+    kept = info.get("slice_range") if isinstance(info, dict) else None
+    if kept is not None:
+        return [int(k) for k in kept]
+    # Splits preprocessed before preprocess.json recorded the range still list every row's slice in the manifest.
+    if not (folder / MANIFEST).is_file():
+        return None
+    indices = [row["slice_index"] for row in read_manifest(folder / MANIFEST)]
+    return [min(indices), max(indices)] if indices else None
 
 
 def data_normalization(root: str | os.PathLike, splits: Sequence[str]) -> str:

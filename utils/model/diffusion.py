@@ -1,6 +1,7 @@
 """The VP/geometric noise schedule, forward noising and the posterior sampling of both generators."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 import numpy as np
 import torch
@@ -52,11 +53,6 @@ def _time_grid(num_timesteps: int) -> Tensor:
         raise UserError(f"--num_timesteps must be at least 1 (got {num_timesteps})")
     t = torch.from_numpy(np.arange(0, num_timesteps + 1, dtype=np.float64) / num_timesteps)
     return t * (1. - EPS_SMALL) + EPS_SMALL
-
-
-def get_time_schedule(args: ScheduleArgs, device: DeviceLike = "cpu") -> Tensor:
-    """The T + 1 continuous times of the discrete steps (float64)."""
-    return _time_grid(args.num_timesteps).to(device)
 
 
 def _check_betas(betas: Tensor, args: ScheduleArgs) -> None:
@@ -160,10 +156,12 @@ def q_sample_pairs(coeff: Diffusion_Coefficients, x_start: Tensor, t: Tensor) ->
     return x_t, x_t_plus_one
 
 
-def _add_posterior_noise(pc: Posterior_Coefficients, mean: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-    """Add one draw of posterior noise to `mean`, except for samples at t = 0 (which get the mean itself)."""
+def _add_posterior_noise(pc: Posterior_Coefficients, mean: Tensor, x_t: Tensor, t: Tensor,
+                         noise: Tensor | None = None) -> Tensor:
+    """Add one draw of posterior noise (or the given `noise`) to `mean`, except for samples at t = 0."""
     log_var = extract(pc.posterior_log_variance_clipped, t, x_t.shape)
-    noise = torch.randn_like(x_t)
+    if noise is None:
+        noise = torch.randn_like(x_t)
     nonzero_mask = 1 - (t == 0).type(torch.float32)
     return mean + nonzero_mask[:, None, None, None] * torch.exp(0.5 * log_var) * noise
 
@@ -180,11 +178,33 @@ def sample_posterior(pc: Posterior_Coefficients, x_0: Tensor, x_t: Tensor, t: Te
 
 
 def sample_posterior_combine(pc: Posterior_Coefficients, x_0_1: Tensor, x_0_2: Tensor, x_t: Tensor,
-                             t: Tensor) -> Tensor:
+                             t: Tensor, noise: Tensor | None = None) -> Tensor:
     """Sample from the posterior whose mean averages the means of both x0 predictions (one randn_like draw)."""
     # Averaging the two means (not the two x0s) keeps the original's rounding.
     mean = (_posterior_mean(pc, x_0_1, x_t, t) + _posterior_mean(pc, x_0_2, x_t, t)) / 2
-    return _add_posterior_noise(pc, mean, x_t, t)
+    return _add_posterior_noise(pc, mean, x_t, t, noise)
+
+
+@dataclass
+class SharedNoise:
+    """One set of sampler draws for a whole volume: every slice starts from, and is sampled with, the same noise.
+
+    x_init (1, C, H, W); per reverse step (index = t) one latent z (1, nz) and one posterior draw (1, C, H, W).
+    """
+
+    x_init: Tensor
+    latents: Tensor
+    posterior: Tensor
+
+    @classmethod
+    def draw(cls, n_time: int, nz: int, shape: tuple[int, int, int], device: DeviceLike = "cpu") -> "SharedNoise":
+        """Draw the noise of one sampling run (global RNG) for slices of `shape` (C, H, W)."""
+        return cls(x_init=torch.randn(1, *shape, device=device), latents=torch.randn(n_time, 1, nz, device=device),
+                   posterior=torch.randn(n_time, 1, *shape, device=device))
+
+    def initial(self, batch: int) -> Tensor:
+        """x_init repeated for a batch of `batch` slices."""
+        return self.x_init.expand(batch, *self.x_init.shape[1:]).contiguous()
 
 
 def _latent_size(opt: Any, nz: int | None) -> int:
@@ -198,12 +218,14 @@ def _latent_size(opt: Any, nz: int | None) -> int:
 
 def sample_from_model(pc: Posterior_Coefficients, generator1: Generator, cond1: Tensor, generator2: Generator,
                       cond2: Tensor, cond3: Tensor, n_time: int, x_init: Tensor, T: Any = None, opt: Any = None, *,
-                      nz: int | None = None, return_x0: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+                      nz: int | None = None, return_x0: bool = False, noise: SharedNoise | None = None
+                      ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """Run the n_time-step reverse process from x_init and return the x0 estimate.
 
     Per step (t = n_time−1 … 0): one latent z draw, generator 1, generator 2 on generator 1's prediction, then one
-    posterior noise draw. `T` is accepted for the original's signature and unused. With `return_x0=True` it returns
-    (x, x0_1, x0_2): the final step's two generator predictions as well (their spread is the uncertainty map).
+    posterior noise draw; with `noise` the draws are taken from it instead, the same for every sample of the batch.
+    `T` is accepted for the original's signature and unused. With `return_x0=True` it returns (x, x0_1, x0_2): the
+    final step's two generator predictions as well (their spread is the uncertainty map).
     """
     latent = _latent_size(opt, nz)
     x = x_init
@@ -213,10 +235,14 @@ def sample_from_model(pc: Posterior_Coefficients, generator1: Generator, cond1: 
         for i in reversed(range(n_time)):
             # Created on the device directly: no host-to-device copy per step.
             t = torch.full((batch,), i, dtype=torch.int64, device=x.device)
-            latent_z = torch.randn(batch, latent, device=x.device)
+            if noise is None:
+                latent_z, step_noise = torch.randn(batch, latent, device=x.device), None
+            else:
+                latent_z = noise.latents[i].expand(batch, latent)
+                step_noise = noise.posterior[i].expand_as(x)
             x_0_1 = generator1(x, cond1, cond2, cond3, t, latent_z)[:, [0]]
             x_0_2 = generator2(x, cond1, cond2, cond3, t, latent_z, x_0_1)[:, [0]]
-            x = sample_posterior_combine(pc, x_0_1, x_0_2, x, t).detach()
+            x = sample_posterior_combine(pc, x_0_1, x_0_2, x, t, step_noise).detach()
     if return_x0:
         return x, x_0_1, x_0_2
     return x

@@ -1,0 +1,120 @@
+"""3-D coherence of a volume stacked from 2-D syntheses: SSIM per plane orientation, slice brightness, gradients."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from skimage.metrics import structural_similarity
+
+from utils.data.preprocessing import resize_masks, resize_slices
+from utils.eval.metrics import SSIM_WINDOW
+
+
+# Volumes are (H, W, D) on the BraTS grid: axis 0 runs left-right, 1 front-back, 2 (the synthesised slices) up-down.
+PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}
+
+
+COHERENCE_COLUMNS = ("ssim_axial", "ssim_coronal", "ssim_sagittal", "brightness_ratio", "brightness_ratio_std",
+                     "brightness_step", "gradient_ratio")
+
+
+COHERENCE_METRICS = {
+    "ssim_<plane>": "mean over the axial, coronal or sagittal planes that hold brain of each plane's 2-D SSIM (7x7 "
+                    "uniform window, data_range 1) averaged over its brain pixels; the synthesised slices are axial, "
+                    "so coronal and sagittal planes cut across them",
+    "brightness_ratio": "mean over axial slices with brain of (synthesis brain mean) / (truth brain mean)",
+    "brightness_ratio_std": "standard deviation of that per-slice ratio over the slices",
+    "brightness_step": "mean |difference| of that ratio between neighbouring axial slices (stripes make it large)",
+    "gradient_ratio": "(mean |through-plane difference| / mean |in-plane difference|) of the synthesis divided by "
+                      "the same of the truth, over neighbouring brain voxels: 1 = as smooth across slices as the "
+                      "truth, above 1 = stripes",
+    "coherence_resolution": "the axial grid these are computed on: native, or N with --model_resolution N (each "
+                            "axial plane resized to N x N first, as pre_process.py resizes, the brain mask nearest)",
+}
+
+
+def _crop_box(brain: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """The brain's bounding box grown by `margin` (at least SSIM_WINDOW wide where the volume allows)."""
+    box = []
+    for axis in range(brain.ndim):
+        hits = np.flatnonzero(brain.any(axis=tuple(a for a in range(brain.ndim) if a != axis)))
+        start, stop = max(int(hits[0]) - margin, 0), min(int(hits[-1]) + margin + 1, brain.shape[axis])
+        if stop - start < SSIM_WINDOW:
+            start, stop = 0, brain.shape[axis]
+        box.append(slice(start, stop))
+    return tuple(box)
+
+
+def plane_ssim(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, axis: int) -> float:
+    """Mean over the planes across `axis` that hold brain of their 2-D SSIM averaged over brain pixels; [0, 1] data."""
+    if not brain.any():
+        return math.nan
+    # Brain pixels lie at least half a window inside the crop, so cropping does not change their SSIM.
+    box = _crop_box(brain, SSIM_WINDOW // 2)
+    truth, synth, brain = (np.moveaxis(v[box], axis, 0) for v in (truth, synth, brain))
+    if min(truth.shape[1:]) < SSIM_WINDOW:
+        return math.nan
+    scores = []
+    for k in np.flatnonzero(brain.any(axis=(1, 2))):
+        _, ssim_map = structural_similarity(synth[k], truth[k], data_range=1.0, win_size=SSIM_WINDOW, full=True)
+        scores.append(float(ssim_map[brain[k]].mean()))
+    return float(np.mean(scores))
+
+
+def slice_brightness_ratios(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Per axial slice with brain: synthesis brain mean / truth brain mean (NaN where the truth's mean is 0)."""
+    ratios = []
+    for k in np.flatnonzero(brain.any(axis=(0, 1))):
+        inside = brain[:, :, k]
+        truth_mean = float(truth[:, :, k][inside].mean())
+        ratios.append(float(synth[:, :, k][inside].mean()) / truth_mean if truth_mean > 0 else math.nan)
+    return np.asarray(ratios)
+
+
+def brightness_steps(ratios: np.ndarray) -> float:
+    """Mean |step| of a per-slice ratio between neighbouring slices (NaN with fewer than two finite ratios)."""
+    steps = np.abs(np.diff(ratios))
+    steps = steps[np.isfinite(steps)]
+    return float(steps.mean()) if steps.size else math.nan
+
+
+def _mean_abs_difference(volume: np.ndarray, brain: np.ndarray, axis: int) -> float:
+    """Mean |v[k+1] - v[k]| along `axis` over neighbouring voxel pairs that both lie in the brain."""
+    ahead = [slice(None)] * volume.ndim
+    behind = [slice(None)] * volume.ndim
+    ahead[axis], behind[axis] = slice(1, None), slice(None, -1)
+    pairs = brain[tuple(ahead)] & brain[tuple(behind)]
+    if not pairs.any():
+        return math.nan
+    return float(np.abs(volume[tuple(ahead)] - volume[tuple(behind)])[pairs].mean())
+
+
+def through_plane_ratio(volume: np.ndarray, brain: np.ndarray) -> float:
+    """Mean |difference| across axial slices over the mean in-plane |difference| (both in-plane axes), in the brain."""
+    in_plane = (_mean_abs_difference(volume, brain, 0) + _mean_abs_difference(volume, brain, 1)) / 2
+    through = _mean_abs_difference(volume, brain, PLANES["axial"])
+    return through / in_plane if in_plane > 0 else math.nan
+
+
+def at_resolution(volume: np.ndarray, brain: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each axial plane of a [0, 1] volume and its brain mask resized to size x size, as pre_process.py resizes."""
+    image = np.moveaxis(resize_slices(np.moveaxis(volume, 2, 0), size), 0, 2)
+    mask = np.moveaxis(resize_masks(np.moveaxis(brain, 2, 0), size), 0, 2) > 0
+    return image, mask
+
+
+def coherence_metrics(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, size: int | None = None
+                      ) -> dict[str, float]:
+    """COHERENCE_METRICS of a [0, 1] synthesis against the [0, 1] truth; at size x size axial planes when given."""
+    if size is not None:
+        truth, mask = at_resolution(truth, brain, size)
+        synth, brain = at_resolution(synth, brain, size)[0], mask
+    result = {f"ssim_{plane}": plane_ssim(truth, synth, brain, axis) for plane, axis in PLANES.items()}
+    ratios = slice_brightness_ratios(truth, synth, brain)
+    finite = ratios[np.isfinite(ratios)]
+    result["brightness_ratio"] = float(finite.mean()) if finite.size else math.nan
+    result["brightness_ratio_std"] = float(finite.std()) if finite.size else math.nan
+    result["brightness_step"] = brightness_steps(ratios)
+    truth_ratio = through_plane_ratio(truth, brain)
+    result["gradient_ratio"] = through_plane_ratio(synth, brain) / truth_ratio if truth_ratio > 0 else math.nan
+    return result
