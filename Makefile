@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: venv test quickstart clean-venv
 
 $(STAMP): requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "error: MU-Diff needs Python 3.10 or newer; $(PYTHON) is $$($(PYTHON) --version 2>&1); run make PYTHON=python3.11 (or another >= 3.10)" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -r requirements-dev.txt
 	touch $(STAMP)

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts and their measurement workers.
+"""Helpers shared by the benchmark scripts, their measurement workers and the tests.
 
 This module imports neither our `utils`/`backbones` nor the original's (both packages have those names), so a
 worker can load it whichever code it is about to time. Each measurement runs in a fresh worker process
@@ -8,36 +8,32 @@ memory is their own, and the two codebases never meet in one interpreter.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
 import subprocess
 import sys
 import time
+import types
+from argparse import Namespace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().with_name("bench_worker.py")
 RESULTS_DIR = ROOT / "bench" / "results"
 
-# The README training configuration: what the original's command line resolves to (ARCH_SPEC §1).
-README_MODEL = dict(
-    image_size=256, num_channels=1, centered=True, num_channels_dae=64, n_mlp=3, ch_mult=[1, 2, 4],
-    num_res_blocks=2, attn_resolutions=[16], dropout=0.0, resamp_with_conv=True, conditional=True, fir=True,
-    fir_kernel=[1, 3, 3, 1], skip_rescale=True, resblock_type="biggan", progressive="none",
-    progressive_input="residual", progressive_combine="sum", embedding_type="positional", fourier_scale=16.0,
-    not_use_tanh=False, nz=100, z_emb_dim=256, t_emb_dim=256, ngf=64,
-    num_timesteps=4, beta_min=0.1, beta_max=20.0, use_geometric=False,
-    lr_g=1.6e-4, lr_d=1e-4, beta1=0.5, beta2=0.9, r1_gamma=1.0, lazy_reg=10, lambda_l1_loss=0.5,
-    lambda_mask_loss=0.1, lambda_adv=1.0, lr_warmup_steps=0, lesion_l1_weight=0.0,
-)
+# Loss and optimiser options a training measurement needs beside the network and schedule ones.
+TRAINING_KEYS = ("lr_g", "lr_d", "beta1", "beta2", "r1_gamma", "lazy_reg", "lambda_l1_loss", "lambda_mask_loss",
+                 "lambda_adv", "lr_warmup_steps", "lesion_l1_weight")
 # A small configuration for smoke runs (the reference fixtures' one: 64x64, two levels; nf stays 64 because the
 # original's generator 2 only builds with 64 base channels).
-TINY_MODEL = dict(README_MODEL, image_size=64, ch_mult=[1, 1], num_res_blocks=1, attn_resolutions=[32],
-                  z_emb_dim=32, t_emb_dim=32, ngf=4)
+TINY_OVERRIDES = dict(image_size=64, ch_mult=[1, 1], num_res_blocks=1, attn_resolutions=[32], z_emb_dim=32,
+                      t_emb_dim=32, ngf=4)
 
 
 def load_split(folder: str | Path, contrasts: Sequence[str]) -> list[torch.Tensor]:
@@ -59,14 +55,112 @@ def original_order(count: int, batch: int, steps: int, seed: int = 0) -> list[li
     return [permutation[(step % per_epoch) * batch:(step % per_epoch + 1) * batch] for step in range(steps)]
 
 
+def perturb_(model: torch.nn.Module, seed: int, noise_dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """Replace the (mostly zero-scaled) initial weights by O(1)-contributing random ones scaled by 1/sqrt(fan-in).
+
+    In place, seeded: a trained network's signal for benchmarks and tests. `noise_dtype` is the dtype the noise is
+    drawn in (then cast), so a test can keep the exact draws it was written with.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            noise = torch.randn(tensor.shape, generator=gen, dtype=noise_dtype).to(tensor.dtype)
+            if tensor.ndim <= 1:
+                tensor.add_(0.1 * noise)
+            else:
+                fan_in = tensor.shape[0] if name.endswith(".W") else tensor.numel() // tensor.shape[0]
+                tensor.copy_(noise / math.sqrt(fan_in))
+    return model
+
+
+def reference_fakes(train_mod: types.ModuleType, pos_coeff: Any, gens: tuple, conds: tuple, x_tp1: torch.Tensor,
+                    t: torch.Tensor, nz: int) -> tuple[torch.Tensor, ...]:
+    """The original's fake pair (with autograd): a fresh z, both generators' x0 and their posterior samples."""
+    gen1, gen2 = gens
+    z = torch.randn(x_tp1.size(0), nz, device=x_tp1.device)
+    x0_1 = gen1(x_tp1.detach(), *conds, t, z)
+    x0_2 = gen2(x_tp1.detach(), *conds, t, z, x0_1[:, [0], :])
+    xp1 = train_mod.sample_posterior(pos_coeff, x0_1[:, [0], :], x_tp1, t)
+    xp2 = train_mod.sample_posterior(pos_coeff, x0_2[:, [0], :], x_tp1, t)
+    return x0_1, x0_2, xp1, xp2
+
+
+def reference_step(train_mod: types.ModuleType, nets: tuple, opts: tuple, data: tuple, coeff: Any, pos_coeff: Any,
+                   args: Namespace, global_step: int) -> list[float]:
+    """One iteration of the original's train_mudiff (ARCH_SPEC §8.2) with the diffusion helpers of `train_mod` (the
+    original's train.py in the benchmark, utils.model.diffusion in the tests): the critic step runs both generators
+    with autograd (their gradients are discarded), then the generator step. Returns the loss terms in our log's order
+    (errD_real, errD_fake, r1_penalty or NaN, errG_adv, errG_L1, mask_loss, errG)."""
+    gen1, gen2, critic, att_conv = nets
+    opt_g1, opt_g2, opt_d = opts
+    *conds, real = data
+    for p in critic.parameters():
+        p.requires_grad = True
+    critic.zero_grad()
+    t = torch.randint(0, args.num_timesteps, (real.size(0),), device=real.device)
+    x_t, x_tp1 = train_mod.q_sample_pairs(coeff, real, t)
+    x_t.requires_grad = True
+    d_real, _ = critic(x_t, t, x_tp1.detach())
+    err_real = F.softplus(-d_real).mean()
+    err_real.backward(retain_graph=True)
+    penalty = torch.tensor(math.nan)
+    if global_step % args.lazy_reg == 0:
+        grad = torch.autograd.grad(outputs=d_real.sum(), inputs=x_t, create_graph=True)[0]
+        penalty = args.r1_gamma / 2 * (grad.view(grad.size(0), -1).norm(2, dim=1) ** 2).mean()
+        penalty.backward()
+    _, _, xp1, xp2 = reference_fakes(train_mod, pos_coeff, (gen1, gen2), conds, x_tp1, t, args.nz)
+    out1, _ = critic(xp1, t, x_tp1.detach())
+    out2, _ = critic(xp2, t, x_tp1.detach())
+    err_fake = F.softplus(out1).mean() + F.softplus(out2).mean()
+    err_fake.backward()
+    opt_d.step()
+
+    for p in critic.parameters():
+        p.requires_grad = False
+    gen1.zero_grad()
+    gen2.zero_grad()
+    t = torch.randint(0, args.num_timesteps, (real.size(0),), device=real.device)
+    x_t, x_tp1 = train_mod.q_sample_pairs(coeff, real, t)
+    x0_1, x0_2, xp1, xp2 = reference_fakes(train_mod, pos_coeff, (gen1, gen2), conds, x_tp1, t, args.nz)
+    out1, feat1 = critic(xp1, t, x_tp1.detach())
+    out2, feat2 = critic(xp2, t, x_tp1.detach())
+    size = tuple(real.shape[-2:])  # the original hard-coded (256, 256)
+    map1 = F.interpolate(torch.sigmoid(att_conv(feat1)), size=size, mode="bilinear", align_corners=False)
+    map2 = F.interpolate(torch.sigmoid(att_conv(feat2)), size=size, mode="bilinear", align_corners=False)
+    bce = torch.nn.BCEWithLogitsLoss(reduction="none")
+    mask = (map2 * bce(xp1, torch.sigmoid(xp2))).mean() + (map1 * bce(xp2, torch.sigmoid(xp1))).mean()
+    adv = F.softplus(-out1).mean() + F.softplus(-out2).mean()
+    l1 = F.l1_loss(x0_1[:, [0], :], real) + F.l1_loss(x0_2[:, [0], :], real)
+    err_g = adv + args.lambda_l1_loss * l1 + args.lambda_mask_loss * mask
+    err_g.backward()
+    opt_g1.step()
+    opt_g2.step()
+    return [float(v.detach()) for v in (err_real, err_fake, penalty, adv, l1, mask, err_g)]
+
+
 def model_config(image_size: int, tiny: bool) -> dict:
-    """The README (or tiny) configuration at `image_size`."""
-    return dict(TINY_MODEL if tiny else README_MODEL, image_size=image_size)
+    """train.py's defaults, which are the README configuration (ARCH_SPEC §1), or the tiny one, at `image_size`.
+
+    Only the scripts call this (it imports our options); a worker gets the result in its spec.
+    """
+    from utils.core.options import DIFFUSION_KEYS, MODEL_KEYS, train_parser
+
+    defaults = vars(train_parser().parse_args([]))
+    config = {key: defaults[key] for key in (*MODEL_KEYS, *DIFFUSION_KEYS, *TRAINING_KEYS)}
+    return {**config, **(TINY_OVERRIDES if tiny else {}), "image_size": image_size}
+
+
+def device_name(value: str) -> str:
+    """--device as the workers take it: 'auto' resolved to the GPU or the CPU here (the scripts import our utils)."""
+    from utils.core.runtime import resolve_device
+
+    return str(resolve_device(value))
 
 
 def add_common_args(parser: Any, default_batches: list[int] | None = None) -> None:
     """Options every benchmark script takes."""
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="auto (a GPU when there is one, else the CPU), cpu, cuda or cuda:N")
     parser.add_argument("--image_size", type=int, default=256, help="slice size (README: 256)")
     parser.add_argument("--tiny", action="store_true", help="small networks (a smoke run, not a figure)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),

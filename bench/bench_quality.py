@@ -30,17 +30,19 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from utils.infer.baselines import PixelRegression  # noqa: E402
+from utils.data.geometry import model_to_unit  # noqa: E402
 from utils.data.slices import SliceDataset  # noqa: E402
 from utils.core.errors import UserError, run_cli  # noqa: E402
+from utils.core.options import BASELINES  # noqa: E402
 from utils.core.fileio import save_json  # noqa: E402
 from utils.eval.metrics import plain_metrics, summarize_values  # noqa: E402
 from utils.core.artifacts import CONFIG_NAME  # noqa: E402
 from utils.data.preprocessing import NORMALIZATIONS  # noqa: E402
 from demo.steps import ROOT, run_step  # noqa: E402
 from utils.eval.compare import as_json, comparison_table, enhancement_drawn, max_swing, score_folder  # noqa: E402
+from utils.core.artifacts import OUTPUT_DIR_NAME, VAL_LOG, baseline_output_dir, output_stack  # noqa: E402
 
 EXP = "quality"
-BASELINES = ("linear", "quadratic")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--normalize", choices=NORMALIZATIONS, default="median",
                         help="pre_process.py --normalize (the recipe: median; percentile is the original's scale)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for training and synthesis")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one, else the CPU), cpu, cuda "
+                        "or cuda:N")
     return parser
 
 
@@ -87,7 +90,7 @@ def baseline_validation(slices: Path, contrasts: list[str], image_size: int) -> 
     for kind in BASELINES:
         model = PixelRegression.fit(train, kind, progress=False)
         guess = model.predict(*(torch.from_numpy(c) for c in conds[:3])).numpy()
-        rows = [plain_metrics((r[0] + 1) / 2, np.clip((g[0] + 1) / 2, 0, 1)) for r, g in zip(conds[3], guess)]
+        rows = [plain_metrics(model_to_unit(r[0]), np.clip(model_to_unit(g[0]), 0, 1)) for r, g in zip(conds[3], guess)]
         scores[kind] = {m: summarize_values(row[m] for row in rows).mean for m in ("psnr", "ssim")}
     return scores
 
@@ -118,16 +121,9 @@ def draw_curve(val: dict[str, list[float]], lines: dict[str, dict[str, float]], 
     save_figure(fig, path, 110)
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    """Run the whole benchmark and write quality.json."""
-    args = build_parser().parse_args(argv)
-    config = Path(args.config)
-    if not config.is_file():
-        raise UserError(f"--config {config}: no such file")
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    out = Path(args.out).resolve()
+def run_pipeline(args: argparse.Namespace, config: Path, out: Path) -> tuple[dict, dict, int, int, int]:
+    """Phantom -> preprocessing -> training -> synthesis (best and last epoch, baselines); timings and folders."""
     cases, slices, results = out / "cases", out / "slices", out / "results"
-    started = time.time()
     timings = {"phantom": run_step("phantom cases", "demo/make_sample_data.py",
                                    ["--out", cases, "--cases", args.cases, "--size", 96, "--seed", args.seed,
                                     "--skull-strip", "--overwrite"])}
@@ -143,52 +139,72 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                  "--num_workers", 0, "--overwrite"])
     experiment = results / EXP
     common = ["--input_path", slices, "--output_path", results, "--exp", EXP, "--device", args.device,
-              "--batch_size", 16]
+              "--batch_size", 16, "--overwrite"]
     folders = {}
     timings["test_best"] = run_step("synthesis, best validation epoch", "test.py", [*common, "--epoch", "best"])
-    folders["MU-Diff (best validation epoch)"] = experiment / "generated_samples_best"
+    folders["MU-Diff (best validation epoch)"] = experiment / f"{OUTPUT_DIR_NAME}_best"
     # A rerun in the same --out finds the previous run's folder there, and a folder cannot be replaced by another.
     shutil.rmtree(folders["MU-Diff (best validation epoch)"], ignore_errors=True)
-    (experiment / "generated_samples").replace(folders["MU-Diff (best validation epoch)"])
+    (experiment / OUTPUT_DIR_NAME).replace(folders["MU-Diff (best validation epoch)"])
     timings["test_last"] = run_step("synthesis, last epoch", "test.py", common)
-    folders["MU-Diff (last epoch)"] = experiment / "generated_samples"
+    folders["MU-Diff (last epoch)"] = experiment / OUTPUT_DIR_NAME
     for kind in BASELINES:
         timings[f"baseline_{kind}"] = run_step(f"{kind} baseline", "test.py", [*common, "--baseline", kind])
-        folders[f"{kind} baseline (fitted on train)"] = experiment / f"generated_samples_baseline_{kind}"
-    scores = {name: score_folder(folder) for name, folder in folders.items()}
+        folders[f"{kind} baseline (fitted on train)"] = experiment / baseline_output_dir(kind)
+    return timings, folders, train_slices, epochs, per_epoch
 
+
+def print_report(report: dict, scores: dict, out: Path) -> None:
+    """The test table, the share of enhancement drawn, the validation curve in numbers and the time taken."""
+    val = report["validation"]
+    print(f"\nTest split ({report['test_slices']} slices of held-out phantom cases), mean ± std over slices:")
+    print(comparison_table(scores))
+    print("enhancement drawn (truth above the linear baseline by > 0.1; 1 = all): " + ", ".join(
+        f"{name} {share:.2f}" for name, share in report["enhancement_drawn"].items() if share is not None))
+    print(f"\nvalidation PSNR per epoch: {', '.join(f'{v:.2f}' for v in val['psnr'])} (best: epoch "
+          f"{val['best_epoch']}); largest epoch-to-epoch change after the first quarter: "
+          f"{val['max_psnr_swing_after_first_quarter']:.2f} dB")
+    print("baselines on the validation split: " + ", ".join(f"{k} {v['psnr']:.2f} dB / SSIM {v['ssim']:.3f}"
+                                                           for k, v in val["baselines"].items()))
+    total = report["seconds"]["total"] / 60
+    print(f"{report['steps']} steps in {report['seconds']['train'] / 60:.1f} min of training; {total:.1f} min in "
+          f"all. Wrote {out / 'quality.json'} and {out / 'learning_curve.png'}")
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the whole benchmark and write quality.json."""
+    args = build_parser().parse_args(argv)
+    config = Path(args.config)
+    if not config.is_file():
+        raise UserError(f"--config {config}: no such file")
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    out = Path(args.out).resolve()
+    started = time.time()
+    timings, folders, train_slices, epochs, per_epoch = run_pipeline(args, config, out)
+    scores = {name: score_folder(folder) for name, folder in folders.items()}
+    experiment = out / "results" / EXP
     settings = json.loads((experiment / CONFIG_NAME).read_text())
-    val = read_val_csv(experiment / "val.csv")
-    lines = baseline_validation(slices, settings["contrasts"], settings["image_size"])
+    val = read_val_csv(experiment / VAL_LOG)
+    lines = baseline_validation(out / "slices", settings["contrasts"], settings["image_size"])
     draw_curve(val, lines, out / "learning_curve.png")
-    best = int(val["best_epoch"][-1])  # chosen by train.py with the recipe's --best_metric
+    last = folders["MU-Diff (last epoch)"]
     report = {
         "command": "python bench/bench_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "threads": args.threads, "device": args.device},
         "recipe": json.loads(config.read_text()), "normalize": args.normalize, "epochs": epochs,
-        "steps": epochs * per_epoch,
-        "train_slices": train_slices, "test_slices": len(np.load(folders["MU-Diff (last epoch)"] / "real.npy")),
+        "steps": epochs * per_epoch, "train_slices": train_slices,
+        "test_slices": len(np.load(last / output_stack("real"))),
         "seconds": {**{k: round(v, 1) for k, v in timings.items()}, "total": round(time.time() - started, 1)},
-        "validation": {**val, "best_epoch": best, "baselines": lines,
+        # best_epoch: chosen by train.py with the recipe's --best_metric.
+        "validation": {**val, "best_epoch": int(val["best_epoch"][-1]), "baselines": lines,
                        "max_psnr_swing_after_first_quarter": max_swing(val["psnr"])},
         "test": as_json(scores),
-        "enhancement_drawn": {name: enhancement_drawn(folder, experiment / "generated_samples_baseline_linear")
+        "enhancement_drawn": {name: enhancement_drawn(folder, experiment / baseline_output_dir("linear"))
                               for name, folder in folders.items()},
     }
     save_json(report, out / "quality.json")
-    print(f"\nTest split ({report['test_slices']} slices of held-out phantom cases), mean ± std over slices:")
-    print(comparison_table(scores))
-    print("enhancement drawn (truth above the linear baseline by > 0.1; 1 = all): " + ", ".join(
-        f"{name} {share:.2f}" for name, share in report["enhancement_drawn"].items() if share is not None))
-    swing = report["validation"]["max_psnr_swing_after_first_quarter"]
-    print(f"\nvalidation PSNR per epoch: {', '.join(f'{v:.2f}' for v in val['psnr'])} (best: epoch {best}); "
-          f"largest epoch-to-epoch change after the first quarter: {swing:.2f} dB")
-    print("baselines on the validation split: " + ", ".join(f"{k} {v['psnr']:.2f} dB / SSIM {v['ssim']:.3f}"
-                                                           for k, v in lines.items()))
-    total = report["seconds"]["total"] / 60
-    print(f"{report['steps']} steps in {timings['train'] / 60:.1f} min of training; {total:.1f} min in all. "
-          f"Wrote {out / 'quality.json'} and {out / 'learning_curve.png'}")
+    print_report(report, scores, out)
     return report
 
 

@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench_common import ROOT, environment, load_split, original_order, peak_rss_mib, synchronize, timed
+from bench_common import (ROOT, environment, load_split, original_order, peak_rss_mib, perturb_, reference_step,
+                          synchronize, timed)
 
 
 # ----------------------------------------------------------------------------------------------- shared loops
@@ -78,20 +79,6 @@ def measure_training(spec: dict, step: Callable[[int], Any]) -> dict:
     if device.type == "cuda":
         out["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     return out
-
-
-def perturb_(model: nn.Module, seed: int) -> nn.Module:
-    """Seeded O(1)-contributing weights (1/sqrt(fan-in) scaled), like a trained network's, in place."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            noise = torch.randn(tensor.shape, generator=gen).to(tensor.dtype)
-            if tensor.ndim <= 1:
-                tensor.add_(0.1 * noise)
-            else:
-                fan_in = tensor.shape[0] if name.endswith(".W") else tensor.numel() // tensor.shape[0]
-                tensor.copy_(noise / fan_in ** 0.5)
-    return model
 
 
 def amp_check(spec: dict, sample: Callable[..., torch.Tensor]) -> dict:
@@ -269,70 +256,6 @@ def reference(spec: dict) -> dict:
                               global_step)
 
     return run_training_task(spec, train, (gen1, gen2, critic))
-
-
-def reference_fakes(train_mod: types.ModuleType, pos_coeff: Any, gens: tuple, conds: tuple, x_tp1: torch.Tensor,
-                    t: torch.Tensor, nz: int) -> tuple[torch.Tensor, ...]:
-    """The original's fake pair (with autograd): a fresh z, both generators' x0 and their posterior samples."""
-    gen1, gen2 = gens
-    z = torch.randn(x_tp1.size(0), nz, device=x_tp1.device)
-    x0_1 = gen1(x_tp1.detach(), *conds, t, z)
-    x0_2 = gen2(x_tp1.detach(), *conds, t, z, x0_1[:, [0], :])
-    xp1 = train_mod.sample_posterior(pos_coeff, x0_1[:, [0], :], x_tp1, t)
-    xp2 = train_mod.sample_posterior(pos_coeff, x0_2[:, [0], :], x_tp1, t)
-    return x0_1, x0_2, xp1, xp2
-
-
-def reference_step(train_mod: types.ModuleType, nets: tuple, opts: tuple, data: tuple, coeff: Any, pos_coeff: Any,
-                   args: Namespace, global_step: int) -> list[float]:
-    """One iteration of the original's train_mudiff (ARCH_SPEC §8.2) with its own diffusion helpers: the critic
-    step runs both generators with autograd (their gradients are discarded), then the generator step. Returns the
-    loss terms in our log's order (errD_real, errD_fake, r1_penalty or NaN, errG_adv, errG_L1, mask_loss, errG)."""
-    gen1, gen2, critic, att_conv = nets
-    opt_g1, opt_g2, opt_d = opts
-    *conds, real = data
-    for p in critic.parameters():
-        p.requires_grad = True
-    critic.zero_grad()
-    t = torch.randint(0, args.num_timesteps, (real.size(0),), device=real.device)
-    x_t, x_tp1 = train_mod.q_sample_pairs(coeff, real, t)
-    x_t.requires_grad = True
-    d_real, _ = critic(x_t, t, x_tp1.detach())
-    err_real = F.softplus(-d_real).mean()
-    err_real.backward(retain_graph=True)
-    penalty = torch.tensor(math.nan)
-    if global_step % args.lazy_reg == 0:
-        grad = torch.autograd.grad(outputs=d_real.sum(), inputs=x_t, create_graph=True)[0]
-        penalty = args.r1_gamma / 2 * (grad.view(grad.size(0), -1).norm(2, dim=1) ** 2).mean()
-        penalty.backward()
-    _, _, xp1, xp2 = reference_fakes(train_mod, pos_coeff, (gen1, gen2), conds, x_tp1, t, args.nz)
-    out1, _ = critic(xp1, t, x_tp1.detach())
-    out2, _ = critic(xp2, t, x_tp1.detach())
-    err_fake = F.softplus(out1).mean() + F.softplus(out2).mean()
-    err_fake.backward()
-    opt_d.step()
-
-    for p in critic.parameters():
-        p.requires_grad = False
-    gen1.zero_grad()
-    gen2.zero_grad()
-    t = torch.randint(0, args.num_timesteps, (real.size(0),), device=real.device)
-    x_t, x_tp1 = train_mod.q_sample_pairs(coeff, real, t)
-    x0_1, x0_2, xp1, xp2 = reference_fakes(train_mod, pos_coeff, (gen1, gen2), conds, x_tp1, t, args.nz)
-    out1, feat1 = critic(xp1, t, x_tp1.detach())
-    out2, feat2 = critic(xp2, t, x_tp1.detach())
-    size = tuple(real.shape[-2:])  # the original hard-coded (256, 256)
-    map1 = F.interpolate(torch.sigmoid(att_conv(feat1)), size=size, mode="bilinear", align_corners=False)
-    map2 = F.interpolate(torch.sigmoid(att_conv(feat2)), size=size, mode="bilinear", align_corners=False)
-    bce = nn.BCEWithLogitsLoss(reduction="none")
-    mask = (map2 * bce(xp1, torch.sigmoid(xp2))).mean() + (map1 * bce(xp2, torch.sigmoid(xp1))).mean()
-    adv = F.softplus(-out1).mean() + F.softplus(-out2).mean()
-    l1 = F.l1_loss(x0_1[:, [0], :], real) + F.l1_loss(x0_2[:, [0], :], real)
-    err_g = adv + args.lambda_l1_loss * l1 + args.lambda_mask_loss * mask
-    err_g.backward()
-    opt_g1.step()
-    opt_g2.step()
-    return [float(v) for v in (err_real, err_fake, penalty, adv, l1, mask, err_g)]
 
 
 def main(argv: list[str]) -> None:

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from utils.core.artifacts import OUTPUT_DIR_NAME, baseline_output_dir, output_stack  # noqa: E402
 from utils.core.errors import UserError, run_cli  # noqa: E402
 from utils.data.preprocessing import NORMALIZATIONS  # noqa: E402
 from utils.eval.compare import comparison_table, enhancement_drawn, score_folder  # noqa: E402
@@ -37,7 +38,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run (CI): 5 cases, 8 slices, 1 epoch; the numbers mean nothing")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one, else the CPU), cpu, cuda "
+                        "or cuda:N")
     parser.add_argument("--normalize", choices=NORMALIZATIONS, default="median",
                         help="pre_process.py --normalize: median (the recipe) or percentile (the original's scale)")
     args = parser.parse_args(argv)
@@ -55,12 +57,12 @@ def draw_figure(samples: Path, baseline: Path, source: np.ndarray, source_name: 
 
     import matplotlib.pyplot as plt
 
-    synth, real = np.load(samples / "synth.npy"), np.load(samples / "real.npy")
-    lesion = np.load(samples / "lesion_mask.npy") if (samples / "lesion_mask.npy").exists() else np.zeros_like(real)
-    disagreement = samples / "uncertainty" / "disagreement.npy"
+    synth, real = np.load(samples / output_stack("synth")), np.load(samples / output_stack("real"))
+    lesion = np.load(samples / output_stack("lesion_mask")) if (samples / output_stack("lesion_mask")).exists() else np.zeros_like(real)
+    disagreement = samples / output_stack("disagreement")
     spread = np.load(disagreement) if disagreement.exists() else np.zeros_like(synth)
     rows = np.argsort(lesion.reshape(len(lesion), -1).sum(1))[::-1][:3]
-    linear = np.load(baseline / "synth.npy")
+    linear = np.load(baseline / output_stack("synth"))
     columns = [(f"{source_name} (input)", source, "gray"), ("linear baseline", linear, "gray"),
                (f"{target_name} synthesis", synth, "gray"),
                (f"{target_name} truth", real, "gray"), ("|error|", np.abs(synth - real), "magma"),
@@ -94,11 +96,12 @@ def main(argv: Sequence[str] | None = None) -> None:
               *epochs, "--device", args.device, "--num_workers", 0, "--overwrite"])
     run_step("4/6 synthesis of the test slices (the epoch with the best validation score)", "test.py",
              ["--input_path", slices, "--output_path", results, "--exp", EXP, "--epoch", "best", "--batch_size", 16,
-              "--device", args.device, "--save_uncertainty"])
+              "--device", args.device, "--save_uncertainty", "--overwrite"])
     run_step("5/6 baseline: per-pixel linear regression fitted on the training split", "test.py",
-             ["--input_path", slices, "--output_path", results, "--exp", EXP, "--baseline", "linear"])
+             ["--input_path", slices, "--output_path", results, "--exp", EXP, "--baseline", "linear",
+              "--overwrite"])
     experiment = results / EXP
-    samples, baseline = experiment / "generated_samples", experiment / "generated_samples_baseline_linear"
+    samples, baseline = experiment / OUTPUT_DIR_NAME, experiment / baseline_output_dir("linear")
     run_step("6/6 metrics (paper protocol and plain)", "metric_calc.py", [experiment])
 
     t1 = np.load(slices / "test" / "T1.npy")
@@ -115,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"  metrics            {samples / 'metrics'}")
     print(f"  figure             {figure}")
     print(f"  baseline           {baseline}")
-    count = len(np.load(samples / "real.npy"))
+    count = len(np.load(samples / output_stack("real")))
     print(f"\nMU-Diff against the linear baseline on the {count} test slices (mean ± std over slices):")
     print(comparison_table(scores))
     print("  The baseline maps each pixel's three input intensities to the target with coefficients fitted on the\n"

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_script
-from utils.infer.baselines import PixelRegression, brain_pixels, design_matrix
+from conftest import synthesis_cli
+import metric_calc
+from utils.data.brain import brain_pixels
+from utils.infer.baselines import PixelRegression, design_matrix
 from utils.data.slices import SliceDataset
 from utils.core.errors import UserError
 
-test_script = load_script("test.py", "mudiff_test_script_baselines")
-metric_calc = load_script("metric_calc.py", "mudiff_metric_calc_baselines")
 CONTRASTS = ("FLAIR", "T2", "T1", "T1ce")
 SIZE = 40
 
@@ -49,7 +49,7 @@ def data(tmp_path: Path) -> Path:
 
 def run_baseline(data: Path, out: Path, kind: str) -> Path:
     """test.py --baseline KIND; returns the folder it wrote."""
-    return test_script.main(["--input_path", str(data), "--output_path", str(out), "--exp", "e", "--baseline", kind,
+    return synthesis_cli(["--input_path", str(data), "--output_path", str(out), "--exp", "e", "--baseline", kind,
                              "--image_size", "64", "--num_workers", "0", "--batch_size", "2"])
 
 
@@ -106,8 +106,8 @@ def test_baseline_option_errors_are_one_line(data: Path, tmp_path: Path):
     base = ["--input_path", str(data), "--output_path", str(tmp_path), "--exp", "e", "--image_size", "64"]
     for extra in (["--nifti"], ["--save_uncertainty"]):
         with pytest.raises(UserError, match="--baseline synthesises the test slices only"):
-            test_script.main([*base, "--baseline", "linear", *extra])
+            synthesis_cli([*base, "--baseline", "linear", *extra])
     for name in CONTRASTS[:3]:
         np.save(data / "train" / f"{name}.npy", np.zeros((4, SIZE, SIZE), np.float32))
     with pytest.raises(UserError, match="brain pixels to fit"):
-        test_script.main([*base, "--baseline", "linear"])
+        synthesis_cli([*base, "--baseline", "linear"])

@@ -8,7 +8,7 @@ import torch
 
 from backbones import NCSNpp, NCSNpp_adaptive
 from utils.model.checkpoint import load_state
-from utils.model.diffusion import Diffusion_Coefficients, Posterior_Coefficients, extract, get_sigma_schedule, get_time_schedule, q_sample, q_sample_pairs, sample_from_model, sample_posterior, sample_posterior_combine
+from utils.model.diffusion import Diffusion_Coefficients, Posterior_Coefficients, _time_grid, extract, get_sigma_schedule, q_sample, q_sample_pairs, SharedNoise, sample_from_model, sample_posterior, sample_posterior_combine
 from utils.core.errors import UserError
 
 # Coefficients whose computation involves no square root: pure IEEE arithmetic, so bit-identical on every platform.
@@ -34,7 +34,7 @@ def schedule_args(num_timesteps: int = 4, use_geometric: bool = False, beta_min:
 def ours(name: str, args: SimpleNamespace) -> torch.Tensor:
     """Our value of the reference coefficient called `name`."""
     if name == "time_schedule_T":
-        return get_time_schedule(args)
+        return _time_grid(args.num_timesteps)
     if name == "betas_full":
         return Diffusion_Coefficients(args).betas
     if name in DIFFUSION_ATTRS:
@@ -295,6 +295,35 @@ def test_sample_from_model_call_order_and_draws() -> None:
     assert torch.equal(out, x)
 
 
+def test_shared_noise_is_the_same_for_every_sample() -> None:
+    """With SharedNoise every sample of the batch gets the same x_init, z and posterior draw of each step, and the
+    global RNG is left alone; the result is the plain loop fed those draws."""
+    pc = Posterior_Coefficients(schedule_args())
+    gen1, gen2 = ToyGenerator(), ToyGenerator()
+    c1, c2, c3, _ = toy_inputs()
+    nz = 3
+    torch.manual_seed(11)
+    noise = SharedNoise.draw(4, nz, (1, 8, 8))
+    x_init = noise.initial(2)
+    assert torch.equal(x_init[0], x_init[1]) and x_init.shape == (2, 1, 8, 8)
+    before = torch.get_rng_state()
+    out = sample_from_model(pc, gen1, c1, gen2, c2, c3, 4, x_init, nz=nz, noise=noise)
+    assert torch.equal(torch.get_rng_state(), before)
+    for step, call in zip(reversed(range(4)), gen1.calls):
+        assert torch.equal(call[1], noise.latents[step].expand(2, nz))
+    x = x_init
+    for step in reversed(range(4)):
+        t = torch.full((2,), step)
+        z = noise.latents[step].expand(2, nz)
+        x0_1 = gen1(x, c1, c2, c3, t, z)
+        x0_2 = gen2(x, c1, c2, c3, t, z, x0_1)
+        x = sample_posterior_combine(pc, x0_1, x0_2, x, t, noise.posterior[step].expand_as(x))
+    assert torch.equal(out, x)
+    same = (c1[:1].expand(2, -1, -1, -1),) * 3
+    twins = sample_from_model(pc, ToyGenerator(), *same[:1], ToyGenerator(), *same[1:], 4, x_init, nz=nz, noise=noise)
+    assert torch.equal(twins[0], twins[1])  # equal inputs and shared noise: equal samples
+
+
 def test_sample_from_model_return_x0() -> None:
     """return_x0=True also gives the last step's two predictions; the default return is the sample alone."""
     pc = Posterior_Coefficients(schedule_args())
@@ -330,7 +359,6 @@ def test_coefficients_and_samples_stay_on_the_device(device: str) -> None:
     tensors = [v for v in (*vars(coeff).values(), *vars(pc).values()) if isinstance(v, torch.Tensor)]
     assert len(tensors) == 17
     assert all(v.device.type == device for v in tensors)
-    assert get_time_schedule(args, device).device.type == device
 
     c1, c2, c3, x_init = toy_inputs(device)
     t = torch.tensor([0, 3], device=device)

@@ -28,8 +28,7 @@ from backbones import build_critic, build_generators, fast_paths, fast_paths_ena
 from backbones import up_or_down_sampling as fir
 from backbones.layerspp import AdaptiveGroupNorm, AttnBlockpp, ConvFeatBlock
 from backbones.upfirdn2d import upfirdn2d
-from conftest import load_script, perturb_, save_tiny_experiment, save_tiny_slices, tiny_args
-import train
+from conftest import perturb_, synthesis_cli, train_cli, save_tiny_experiment, save_tiny_slices, tiny_args
 from utils.model.diffusion import Diffusion_Coefficients, Posterior_Coefficients, q_sample_pairs, sample_from_model, sample_posterior
 from utils.model.speed import SpeedOptions, autocast_context, fast_sample, make_adam, prepare_generators, prepare_module
 from utils.core.options import add_diffusion_args, add_model_args, add_speed_args, add_training_args
@@ -559,14 +558,13 @@ def test_fused_adam_falls_back_on_the_cpu():
 def test_test_py_speed_flags(tmp_path):
     """test.py with --fast_paths --channels_last writes the faithful samples to rounding; with --amp within the
     0.5 dB criterion (see test_bf16_autocast_sampling_meets_the_half_db_criterion)."""
-    script = load_script("test.py", "mudiff_test_script_speed")
     save_tiny_slices(tmp_path / "BRATS", count=3)
     save_tiny_experiment(tmp_path / "results" / "exp")
     base = ["--exp", "exp", "--input_path", str(tmp_path / "BRATS"), "--output_path", str(tmp_path / "results"),
-            "--num_workers", "0", "--batch_size", "2", "--device", "cpu"]
+            "--num_workers", "0", "--batch_size", "2", "--device", "cpu", "--overwrite"]
     synth = {}
     for name, flags in (("faithful", []), ("fast", ["--fast_paths", "--channels_last"]), ("amp", ["--amp"])):
-        synth[name] = torch.from_numpy(np.load(script.main(base + flags) / "synth.npy"))
+        synth[name] = torch.from_numpy(np.load(synthesis_cli(base + flags) / "synth.npy"))
         set_fast_paths(False)
     assert synth["faithful"].std() > 0.01
     torch.testing.assert_close(synth["fast"], synth["faithful"], rtol=0, atol=1e-5)
@@ -595,7 +593,7 @@ def test_train_py_speed_flags_keep_the_first_step(tmp_path):
     first = {}
     for name, flags in (("faithful", []), ("fast", ["--fast_paths", "--channels_last"]),
                         ("amp", ["--fast_paths", "--amp"])):
-        train.main(base + ["--exp", name] + flags)
+        train_cli(base + ["--exp", name] + flags)
         set_fast_paths(False)
         with open(tmp_path / "runs" / name / "log.csv", newline="") as fh:
             row = next(csv.DictReader(fh))

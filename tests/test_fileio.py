@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.core.fileio import atomic_path, save_json, save_npy
+from utils.core.fileio import atomic_path, csv_text, save_csv, save_json, save_npy
 
 
 def test_failed_write_keeps_previous_file(tmp_path: Path) -> None:
@@ -36,3 +36,14 @@ def test_permissions_follow_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "c.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_csv_has_a_header_unix_line_ends_and_the_given_column_order(tmp_path: Path) -> None:
+    """Header from the first row's keys (or `columns`, which also orders them), "\\n" line ends, floats as repr."""
+    rows = [{"case": "a", "psnr": 0.1 + 0.2}, {"case": "b,c", "psnr": float("inf")}]
+    assert csv_text(rows) == 'case,psnr\na,0.30000000000000004\n"b,c",inf\n'
+    assert csv_text(rows, ["psnr", "case"]) == 'psnr,case\n0.30000000000000004,a\ninf,"b,c"\n'
+    assert csv_text([], ["case"]) == "case\n" and csv_text([]) == ""
+    save_csv(rows, tmp_path / "out" / "m.csv")
+    assert (tmp_path / "out" / "m.csv").read_bytes() == csv_text(rows).encode()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.csv"]

@@ -14,15 +14,21 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torchvision.utils import save_image
 
 import metric_calc
-from conftest import load_script
 from utils.core.errors import UserError, run_cli
 from utils.core.fileio import save_npy
 from utils.core.fileio import natural_key
-from utils.data.images import read_image, read_mask, save_png8, save_png16
-from utils.eval.metrics import as_saved_image, mask_box, original_saved_levels, paper_metrics, percentile_minmax, plain_metrics, saved_image_metrics, summarize
-from utils.eval.results import evaluate_folder, evaluate_pairs, load_results_folder
+from utils.data.images import read_image, read_mask, save_png16
+from utils.eval.metrics import (PROTOCOL_TITLES, as_saved_image, mask_box, original_saved_levels, paper_metrics,
+                                percentile_minmax, plain_metrics, saved_image_metrics, summarize)
+from utils.eval.results import EvalSet, evaluate_folder, evaluate_set, load_results_folder
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def save_png8(array01: np.ndarray, path: Path) -> None:
+    """Write a [0, 1] image as an 8-bit grayscale PNG (masks and 8-bit inputs for the readers), making its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round(np.clip(array01, 0.0, 1.0) * 255).astype(np.uint8)).save(path, format="PNG")
 
 
 def brain_phantom(size: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +164,7 @@ def test_empty_mask_is_nan_and_skipped_in_the_mean() -> None:
     synth = np.clip(real + 0.05, 0, 1) * brain
     lesion = np.zeros((2,) + real.shape)
     lesion[0, 10:13, 10:13] = 1
-    rows = evaluate_pairs([real, real], [synth, real], [brain, brain], lesion, progress=False)
+    rows = evaluate_set(EvalSet(["a", "b"], [real, real], [synth, real], [brain, brain], lesion), progress=False)
     assert all(math.isnan(rows[1][f"lesion_{m}"]) for m in ("ssim", "psnr", "mae"))
     stats = summarize(rows)
     assert stats["lesion_mae"].n == 1 and stats["lesion_mae"].n_nan == 1
@@ -177,7 +183,6 @@ def test_summarize_excludes_infinite_psnr_and_formats_mean_std() -> None:
 
 # --------------------------------------------------------------------------- the original pipeline
 REGIONS = ("brain", "lesion")
-test_script = load_script("test.py", "mudiff_test_script_metrics")
 from utils.infer.outputs import SampleWriter, _to_original, synth_to_original  # noqa: E402
 
 
@@ -266,7 +271,7 @@ def test_metric_calc_on_a_results_folder_prints_the_original_numbers(metric_ref:
     assert_original_numbers(csv_scores(out / "metrics_per_slice.csv"), expected)
     summary = json.loads((out / "metrics_summary.json").read_text())["metrics"]
     for region in REGIONS:
-        row = next(line for line in printed.splitlines() if line.startswith(metric_calc.PROTOCOL_TITLES[region]))
+        row = next(line for line in printed.splitlines() if line.startswith(PROTOCOL_TITLES[region]))
         for metric in ("psnr", "ssim", "mae"):
             values = np.asarray(expected[region][metric], float)
             mean, std = np.nanmean(values), np.nanstd(values)

@@ -1,10 +1,12 @@
 """Atomic writes (temporary name, then rename), checked JSON/.npy reads and the natural file order."""
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 from utils.core.errors import UserError
@@ -71,6 +73,23 @@ def save_text(text: str, path: str | os.PathLike) -> None:
     """Write `text` to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Rows as CSV text with "\\n" line ends: a header of `columns` (default: the first row's keys), one line a row."""
+    header = list(columns) if columns is not None else list(rows[0]) if rows else []
+    if not header:
+        return ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def save_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, columns: Sequence[str] | None = None) -> None:
+    """Write `rows` as CSV (see csv_text) to `path` atomically."""
+    save_text(csv_text(rows, columns), path)
 
 
 def load_npy(path: str | os.PathLike, hint: str, mmap: bool = False) -> np.ndarray:

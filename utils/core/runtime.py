@@ -10,7 +10,7 @@ import random
 
 def resolve_device(spec: str = "auto", gpu_index: int | None = None) -> torch.device:
     """Turn --device / --gpu_chose into a torch.device; a missing GPU is an error only when asked for explicitly."""
-    spec = (spec or "auto").lower()
+    spec = (spec or "auto").strip().lower()
     has_cuda = torch.cuda.is_available()
     if spec == "auto":
         if not has_cuda:

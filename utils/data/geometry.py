@@ -1,7 +1,22 @@
 """Model space: slices in [0, 1] of any size to padded (N, 1, S, S) tensors in [-1, 1], and back."""
+from typing import TypeVar
 import numpy as np
 import torch
 from utils.core.errors import UserError
+
+
+Values = TypeVar("Values", np.ndarray, torch.Tensor)
+MODEL_BACKGROUND = -1.0  # model space: the preprocessed arrays' 0
+
+
+def unit_to_model(values: Values) -> Values:
+    """[0, 1] intensities to model space [-1, 1]: 2x - 1 (bit for bit the original's (x - 0.5) / 0.5)."""
+    return values * 2 - 1
+
+
+def model_to_unit(values: Values) -> Values:
+    """Model space [-1, 1] to [0, 1] intensities: the original's (x + 1) / 2 (bit for bit x·0.5 + 0.5)."""
+    return (values + 1) / 2
 
 
 def pad_offsets(size: int, image_size: int, what: str = "slices") -> tuple[int, int]:
@@ -25,14 +40,14 @@ def to_model_space(slices01: np.ndarray, image_size: int = 256) -> torch.Tensor:
     (t0, t1), (l0, l1) = pad_offsets(arr.shape[1], image_size), pad_offsets(arr.shape[2], image_size)
     arr = np.pad(arr, ((0, 0), (t0, t1), (l0, l1)))
     # Padding happens in [0, 1] space, so the border becomes -1 like the background, as in the original.
-    return torch.from_numpy((arr - 0.5) / 0.5).unsqueeze(1)
+    return torch.from_numpy(unit_to_model(arr)).unsqueeze(1)
 
 
 def from_model_space(tensor: torch.Tensor | np.ndarray, original_hw: tuple[int, int], clip: bool = True
                      ) -> np.ndarray:
     """Inverse of to_model_space: (N, 1, S, S) or (N, S, S) in [-1, 1] -> float32 (N, H, W) in [0, 1].
 
-    `clip=False` keeps values a sampler put just outside [-1, 1] (x·0.5 + 0.5 equals the original's (x + 1) / 2).
+    `clip=False` keeps values a sampler put just outside [-1, 1].
     """
     arr = tensor.detach().cpu().float().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
     if arr.ndim == 4:
@@ -45,7 +60,7 @@ def from_model_space(tensor: torch.Tensor | np.ndarray, original_hw: tuple[int, 
     t0, _ = pad_offsets(width, image_size)
     l0, _ = pad_offsets(height, image_size)
     crop = arr[:, t0:t0 + width, l0:l0 + height]
-    unit = np.transpose(crop, (0, 2, 1)) * 0.5 + 0.5
+    unit = model_to_unit(np.transpose(crop, (0, 2, 1)))
     return (np.clip(unit, 0.0, 1.0) if clip else unit).astype(np.float32)
 
 

@@ -54,13 +54,6 @@ def save_png16(array01: np.ndarray, path: str | os.PathLike) -> None:
         Image.fromarray(levels).save(tmp, format="PNG")
 
 
-def save_png8(array01: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a [0, 1] image as an 8-bit grayscale PNG (for figures), atomically."""
-    levels = np.round(_as_image01(array01, str(path)) * 255).astype(np.uint8)
-    with atomic_path(path) as tmp:
-        Image.fromarray(levels).save(tmp, format="PNG")
-
-
 def _read_npy(path: Path) -> np.ndarray:
     """Load a 2-D float image stored as .npy, checking that it lies in [0, 1]; returned as stored (unclipped)."""
     array = load_npy(path, "re-export it with numpy.save")

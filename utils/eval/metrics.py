@@ -110,7 +110,7 @@ def _check_pair(real: np.ndarray, synth: np.ndarray, mask: np.ndarray | None) ->
                          f"{SSIM_WINDOW}×{SSIM_WINDOW} window")
 
 
-def _psnr(real: np.ndarray, synth: np.ndarray, data_range: float) -> float:
+def psnr(real: np.ndarray, synth: np.ndarray, data_range: float) -> float:
     """skimage PSNR of `synth` against `real`; inf for identical images (skimage would divide by zero)."""
     if np.array_equal(real, synth):
         return math.inf
@@ -121,7 +121,7 @@ def _ssim_psnr(real: np.ndarray, synth: np.ndarray, data_range: float) -> tuple[
     """skimage SSIM and PSNR with the original's argument order; identical images give (1, inf)."""
     if np.array_equal(real, synth):
         return 1.0, math.inf
-    return float(structural_similarity(synth, real, data_range=data_range)), _psnr(real, synth, data_range)
+    return float(structural_similarity(synth, real, data_range=data_range)), psnr(real, synth, data_range)
 
 
 def _as_mask(mask: Any) -> np.ndarray:
@@ -147,9 +147,9 @@ def saved_image_metrics(real: np.ndarray, synth: np.ndarray, mask: np.ndarray) -
     inside = mask[box].astype(np.float64)
     real_pc, synth_pc = real_p[box] * inside, synth_p[box] * inside
     data_range = max(real_pc.max(), synth_pc.max()) - min(real_pc.min(), synth_pc.min())
-    ssim, psnr = _ssim_psnr(real_pc, synth_pc, data_range)
+    ssim, psnr_db = _ssim_psnr(real_pc, synth_pc, data_range)
     mae = float(np.mean(np.abs(real_n[box] * inside - synth_n[box] * inside)))
-    return {"ssim": ssim, "psnr": psnr, "mae": mae}
+    return {"ssim": ssim, "psnr": psnr_db, "mae": mae}
 
 
 def paper_metrics(real: np.ndarray, synth: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -174,7 +174,7 @@ def plain_metrics(real01: np.ndarray, synth01: np.ndarray, mask: np.ndarray | No
     _check_pair(real, synth, inside)
     mean_ssim, ssim_map = structural_similarity(synth, real, data_range=1.0, full=True)
     if inside is None:
-        return {"ssim": float(mean_ssim), "psnr": _psnr(real, synth, 1.0), "mae": float(np.mean(np.abs(real - synth)))}
+        return {"ssim": float(mean_ssim), "psnr": psnr(real, synth, 1.0), "mae": float(np.mean(np.abs(real - synth)))}
     if not inside.any():
         return dict(NAN_METRICS)
     pad = (SSIM_WINDOW - 1) // 2
@@ -182,7 +182,7 @@ def plain_metrics(real01: np.ndarray, synth01: np.ndarray, mask: np.ndarray | No
     interior[pad:-pad, pad:-pad] = True
     scored = inside & interior
     ssim = float(ssim_map[scored].mean()) if scored.any() else math.nan
-    return {"ssim": ssim, "psnr": _psnr(real[inside], synth[inside], 1.0),
+    return {"ssim": ssim, "psnr": psnr(real[inside], synth[inside], 1.0),
             "mae": float(np.mean(np.abs(real[inside] - synth[inside])))}
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 import math
 import os
 from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 import numpy as np  # noqa: E402
 from utils.core.fileio import atomic_path  # noqa: E402

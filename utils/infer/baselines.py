@@ -5,14 +5,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from tqdm import tqdm
+from utils.data.brain import brain_pixels
+from utils.data.geometry import MODEL_BACKGROUND
 from utils.data.slices import SliceDataset
 from utils.core.errors import UserError
-
-
-BASELINES = ("linear", "quadratic")
-
-
-BACKGROUND = -1.0  # model space: the preprocessed arrays' 0
+from utils.core.options import BASELINES
 
 
 def design_matrix(conditions: np.ndarray, kind: str) -> np.ndarray:
@@ -23,11 +20,6 @@ def design_matrix(conditions: np.ndarray, kind: str) -> np.ndarray:
     elif kind != "linear":
         raise UserError(f"--baseline {kind!r} is not one of {', '.join(BASELINES)}")
     return np.stack(columns, axis=1)
-
-
-def brain_pixels(conditions: np.ndarray) -> np.ndarray:
-    """Mask (H, W) of pixels with signal in any condition; conditions are model-space (3, H, W), background -1."""
-    return (conditions > BACKGROUND).any(axis=0)
 
 
 def _slice_arrays(item: tuple[torch.Tensor, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +60,7 @@ class PixelRegression:
     def predict(self, cond1: torch.Tensor, cond2: torch.Tensor, cond3: torch.Tensor) -> torch.Tensor:
         """Model-space prediction (B, 1, S, S) from model-space conditions; background outside the brain."""
         conditions = torch.cat([cond1, cond2, cond3], dim=1).double().numpy()
-        out = np.full((conditions.shape[0], 1, *conditions.shape[2:]), BACKGROUND)
+        out = np.full((conditions.shape[0], 1, *conditions.shape[2:]), MODEL_BACKGROUND)
         for b, sample in enumerate(conditions):
             inside = brain_pixels(sample)
             values = design_matrix(sample[:, inside].T, self.kind) @ self.coefficients

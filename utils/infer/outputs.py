@@ -4,14 +4,12 @@ from utils.core.artifacts import OUTPUTS, slice_name
 
 import argparse
 import contextlib
-import csv
-import io
 from pathlib import Path
 from typing import Sequence
 import numpy as np
 import torch
 from utils.data.slices import SliceDataset
-from utils.data.geometry import from_model_space
+from utils.data.geometry import from_model_space, unit_to_model
 from utils.core.fileio import atomic_path
 from utils.data.images import RANGE_TOLERANCE, save_png16
 from utils.infer.experiment import Experiment
@@ -73,20 +71,11 @@ def _manifest_rows(dataset: SliceDataset, indices: Sequence[int]) -> list[dict]:
              "slice_index": manifest[i]["slice_index"] if manifest else ""} for i in indices]
 
 
-def _csv_text(rows: list[dict]) -> str:
-    """Rows as CSV text with a header."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["name"])
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def _to_original(tensor: torch.Tensor, height_width: tuple[int, int], already_unit: bool, clip: bool = True
                  ) -> np.ndarray:
     """Model-geometry (B, 1, S, S) tensor to (B, H, W) in the preprocessed arrays' orientation ([0, 1] with clip)."""
     # from_model_space expects model space [-1, 1]; [0, 1] maps (maps, masks) are moved there first.
-    model_space = tensor * 2 - 1 if already_unit else tensor
+    model_space = unit_to_model(tensor) if already_unit else tensor
     return from_model_space(model_space.detach().cpu(), height_width, clip=clip)
 
 

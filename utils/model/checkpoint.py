@@ -12,7 +12,6 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 from utils.core.errors import UserError
-from utils.core.fileio import save_torch
 
 
 DDP_PREFIX = "module."
@@ -157,15 +156,3 @@ def load_state(model: nn.Module, state_or_path: Mapping[str, Any] | PathLike, wh
         raise CheckpointError(f"{source} does not fit the network: {'; '.join(problems)}. {hint}")
     model.load_state_dict(state, strict=True)
     return model
-
-
-def pick_state(checkpoint: Mapping[str, Any], key: str, source: str) -> Any:
-    """One entry of a training checkpoint (e.g. content.pth's `gen_diffusive_1_dict`), or a CheckpointError."""
-    if key not in checkpoint:
-        raise CheckpointError(f"{source} has no '{key}' entry (it has: {_listed(sorted(map(str, checkpoint)))})")
-    return checkpoint[key]
-
-
-def save_checkpoint(obj: Any, path: PathLike) -> None:
-    """torch.save `obj` to `path` atomically: a crash mid-write leaves any previous file untouched."""
-    save_torch(obj, path)

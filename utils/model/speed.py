@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from backbones import condition_feature_cache, set_fast_paths
 from utils.model.cpu_memory import reuse_freed_cpu_memory
-from utils.model.diffusion import Posterior_Coefficients, sample_from_model
+from utils.model.diffusion import Posterior_Coefficients, SharedNoise, sample_from_model
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def as_float(tensors: Iterable[Tensor]) -> tuple[Tensor, ...]:
 
 def fast_sample(pc: Posterior_Coefficients, gen1: Callable[..., Tensor], cond1: Tensor, gen2: Callable[..., Tensor],
                 cond2: Tensor, cond3: Tensor, n_time: int, x_init: Tensor, opt: Any, amp: bool = False,
-                return_x0: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+                return_x0: bool = False, noise: SharedNoise | None = None) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """sample_from_model under torch.inference_mode (and bf16 autocast with `amp`), float32 results.
 
     The random draws and their order are those of sample_from_model, so the same seed gives the same noise; the
@@ -94,7 +94,8 @@ def fast_sample(pc: Posterior_Coefficients, gen1: Callable[..., Tensor], cond1: 
     once per run instead of once per step (backbones.condition_feature_cache: the same operations, the same bits).
     """
     with torch.inference_mode(), autocast_context(x_init.device, amp), condition_feature_cache():
-        out = sample_from_model(pc, gen1, cond1, gen2, cond2, cond3, n_time, x_init, opt=opt, return_x0=return_x0)
+        out = sample_from_model(pc, gen1, cond1, gen2, cond2, cond3, n_time, x_init, opt=opt, return_x0=return_x0,
+                                noise=noise)
     if return_x0:
         return as_float(out)
     return as_float([out])[0]

@@ -9,6 +9,7 @@ from typing import Any, Iterable
 import torch
 import torch.distributed as dist
 from utils.core.errors import UserError
+from utils.core.runtime import resolve_device
 
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -96,31 +97,21 @@ def free_port(address: str = "127.0.0.1") -> int:
 
 
 def resolve_device_kind(spec: str, local_world_size: int) -> str:
-    """Check --device against the machine; return "cpu", "cuda" (one GPU per local process) or "cuda:N"."""
-    spec = spec.strip().lower()
-    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if spec == "auto":
-        spec = "cuda" if available else "cpu"
-    if spec == "cpu":
+    """Check --device (resolve_device) and the processes per node; "cpu", "cuda" (one GPU per process) or "cuda:N"."""
+    device = resolve_device(spec)
+    if device.type == "cpu":
         return "cpu"
-    if spec == "cuda":
-        if available == 0:
-            raise UserError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu (or auto)")
+    if ":" not in spec:  # auto or cuda: local process k uses GPU k
+        available = torch.cuda.device_count()
         if local_world_size > available:
             raise UserError(f"{local_world_size} processes per node need one GPU each but only {available} "
                             f"{'is' if available == 1 else 'are'} visible; lower --num_process_per_node "
                             f"(or torchrun's --nproc_per_node) to {available}")
         return "cuda"
-    if spec.startswith("cuda:") and spec[5:].isdigit():
-        index = int(spec[5:])
-        if index >= available:
-            raise UserError(f"--device {spec}: only {available} CUDA GPU(s) are visible "
-                            f"(valid: {', '.join(f'cuda:{i}' for i in range(available)) or 'none'})")
-        if local_world_size > 1:
-            raise UserError(f"--device {spec} names one GPU but {local_world_size} processes run on this node; "
-                            "use --device cuda (one GPU per process) or choose GPUs with CUDA_VISIBLE_DEVICES")
-        return spec
-    raise UserError(f"--device {spec!r} is not one of auto, cpu, cuda, cuda:N")
+    if local_world_size > 1:
+        raise UserError(f"--device {spec.strip()} names one GPU but {local_world_size} processes run on this node; "
+                        "use --device cuda (one GPU per process) or choose GPUs with CUDA_VISIBLE_DEVICES")
+    return str(device)
 
 
 def process_device(kind: str, local_rank: int) -> torch.device:

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
 from pathlib import Path
 from typing import Sequence
-from utils.core.fileio import save_text
+from utils.core.fileio import save_csv
 
 
 # --------------------------------------------------------------------------- CSV logs
@@ -39,11 +38,7 @@ class CsvLog:
 
     def save(self) -> None:
         """Write all rows to the file atomically."""
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=self.columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        save_text(buffer.getvalue(), self.path)
+        save_csv(self.rows, self.path, self.columns)
 
 
 def _cell(value: float | int | str) -> str:

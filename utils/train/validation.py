@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 from utils.train.distributed import all_reduce_sum
 from utils.model.speed import SpeedOptions, fast_sample
+from utils.data.geometry import model_to_unit
 from utils.eval.metrics import plain_metrics
 
 
@@ -25,7 +26,7 @@ def validation_batches(num_slices: int, batch_size: int, rank: int, world_size: 
 
 def to_unit_range(x: torch.Tensor) -> np.ndarray:
     """Model-space images in [-1, 1] as a float64 numpy stack (N, H, W) in [0, 1]."""
-    return ((x[:, 0].detach().float().cpu().numpy().astype(np.float64) + 1.0) / 2.0).clip(0.0, 1.0)
+    return model_to_unit(x[:, 0].detach().float().cpu().numpy().astype(np.float64)).clip(0.0, 1.0)
 
 
 @torch.no_grad()
