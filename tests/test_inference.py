@@ -252,3 +252,31 @@ def test_earlier_results_are_kept_without_overwrite(workspace: Path, capsys: pyt
     assert err.startswith("error: ") and "--overwrite" in err and err.count("\n") == 1
     assert (out / "synth.npy").stat().st_mtime_ns == before and len(np.load(out / "synth.npy")) == 2
     assert len(np.load(synthesis_cli(argv + ["--overwrite"]) / "synth.npy")) == 1
+
+
+def test_config_names_the_data_so_input_path_is_optional(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    """Without --input_path test.py reads the data folder config.json records; one on the command line wins."""
+    exp = workspace / "results" / "recorded_path"
+    save_tiny_experiment(exp, seed=0)
+    config = json.loads((exp / "config.json").read_text())
+    config["input_path"] = str(workspace / "BRATS")
+    (exp / "config.json").write_text(json.dumps(config))
+    base = ["--exp", "recorded_path", "--output_path", str(workspace / "results"), "--num_workers", "0"]
+    out = synthesis_cli(base + ["--overwrite"])
+    assert len(list((out / "synth").glob("*.png"))) == COUNT
+    elsewhere = workspace / "no_such_data"
+    assert run_cli(synthesis_cli, base + ["--input_path", str(elsewhere), "--overwrite"]) == 2
+    assert str(elsewhere) in capsys.readouterr().err
+
+
+def test_content_of_another_format_is_one_line(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    """A content.pth stamped with a format this version does not write stops the critic map with one line."""
+    exp = workspace / "results" / "other_format"
+    save_tiny_experiment(exp, seed=0)
+    content = torch.load(exp / "content.pth", weights_only=True)
+    torch.save({**content, "format": "other/9"}, exp / "content.pth")
+    argv = ["--exp", "other_format", "--input_path", str(workspace / "BRATS"), "--output_path",
+            str(workspace / "results"), "--num_workers", "0", "--save_uncertainty"]
+    assert run_cli(synthesis_cli, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'other/9'" in err and "content.pth" in err

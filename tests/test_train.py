@@ -550,6 +550,11 @@ def test_bad_inputs_fail_with_one_line(data, bad_data, tmp_path, run_a, monkeypa
     fails(argv(data, run_a["out"], "a", "--resume", "--ngf", "8", *RUN_AB), "--ngf 4 (now 8)")
     fails(argv(data, run_a["out"], "a", "--resume", "--num_timesteps", "4", *RUN_AB), "--num_timesteps 2")
     fails(argv(data, run_a["out"], "a", *RUN_AB[:2], "--resume"), "already completed 2 of --num_epoch 2")
+    stamped = tmp_path / "stamped"
+    shutil.copytree(run_a["out"] / "a", stamped / "a")
+    content = torch.load(stamped / "a" / "content.pth", weights_only=True)
+    torch.save({**content, "format": "other/9"}, stamped / "a" / "content.pth")
+    fails(argv(data, stamped, "a", *RUN_AB, "--num_epoch", "3", "--resume"), "'other/9'", "content.pth")
     fails(argv(data, run_a["out"], "a"), "already holds a training run", "--resume", "--overwrite")
     fails(argv(data, out, "x", "--lazy_reg", "0"), "--lazy_reg")
     fails(argv(data, out, "x", "--ema_warmup"), "--ema_warmup", "--use_ema")
