@@ -15,7 +15,7 @@ import brasyn
 from conftest import save_tiny_experiment
 from demo import make_sample_data as phantom
 from test_nifti import HEADER_FIELDS
-from test_readme import BRASYN_SECTION, is_user_data, make_scratch_repo, readme_commands, run, section_text
+from test_readme import BRASYN_PAGE, BRASYN_SECTION, is_user_data, make_scratch_repo, readme_commands, run, section_text
 from utils.brasyn.drop import DROPPED_NAME, balanced_choice
 from utils.brasyn.score import volume_metrics
 from utils.core.errors import UserError, run_cli
@@ -401,13 +401,13 @@ def test_score_errors(dropped: dict, completed: dict, tmp_path: Path, capsys: py
     assert not (tmp_path / "m").exists()
 
 
-# -------------------------------------------------------------------------------------------- the README's loop
+# ------------------------------------------------------------------------------------ docs/brasyn.md's loop
 
 def test_readme_brasyn_loop_runs_as_printed(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Raw 2023-named cases -> pre_process -> train (T1ce, FLAIR) -> drop -> complete -> score, exactly as printed."""
-    commands = [c for c in readme_commands(section_text(BRASYN_SECTION)) if not is_user_data(c)]
+    """docs/brasyn.md: 2023-named cases -> pre_process -> train (T1ce, FLAIR) -> drop -> complete -> score, as printed."""
+    commands = [c for c in readme_commands(section_text(BRASYN_SECTION, BRASYN_PAGE)) if not is_user_data(c)]
     steps = ["make_sample_data.py", "pre_process.py", "train.py", "train.py", "brasyn.py drop", "brasyn.py complete",
-             "brasyn.py score"]
+             "brasyn.py score", "make_sample_data.py", "brasyn.py segment", "brasyn.py export"]
     assert len(commands) == len(steps) and all(s in c for s, c in zip(steps, commands)), commands
     repo = make_scratch_repo(tmp_path_factory.mktemp("brasyn_readme") / "repo")
     for command in commands:
@@ -430,3 +430,12 @@ def test_readme_brasyn_loop_runs_as_printed(tmp_path_factory: pytest.TempPathFac
         assert row["contrast"] == missing[row["case"]]
         assert all(math.isfinite(float(row[f"{m}_{r}"])) for m in ("ssim", "psnr")
                    for r in ("brain", "tumour", "outside_tumour"))
+        assert all(math.isfinite(float(row[c])) for c in ("ssim_coronal", "baseline_ssim_coronal", "gradient_ratio"))
+    seg = repo / "results" / "brasyn23" / "segmentation"
+    rows = _csv(seg / "segmentation_metrics.csv")
+    assert {(r["case"], r["version"]) for r in rows} == {(c, v) for c in cases
+                                                          for v in ("real", "completed", "copy", "zero")}
+    assert (seg / "segmentation_dice.png").exists() and (seg / "segmenter.pt").exists()
+    exported = repo / "results" / "brasyn23" / "nnunet" / "Dataset900_BraSynPhantom"
+    assert sorted(p.name for p in (exported / "imagesTs").iterdir()) == sorted(
+        f"{c}_{i:04d}.nii.gz" for c in cases for i in range(4))

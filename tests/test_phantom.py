@@ -144,8 +144,8 @@ def test_cli_writes_cases_splits_and_figure(tmp_path: Path) -> None:
     phantom.main(argv + ["--overwrite"])
 
 
-def test_committed_figure_is_in_the_readme() -> None:
-    """The phantom figure exists and the README shows it."""
+def test_committed_figure_is_in_the_data_page() -> None:
+    """The phantom figure exists and docs/data.md shows it."""
     figure = ROOT / "demo" / "figures" / "phantom.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "demo/figures/phantom.png" in (ROOT / "README.md").read_text()
+    assert "../demo/figures/phantom.png" in (ROOT / "docs" / "data.md").read_text()
