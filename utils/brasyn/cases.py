@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
-from utils.core.errors import UserError
-from utils.core.fileio import atomic_path
-from utils.core.fileio import natural_key
-from utils.data.layouts import BRATS_CONTRASTS, BRATS_NAMINGS, LABEL, NIFTI, Case, brats_folder_files, match_brats_file
 
+from utils.core.errors import UserError
+from utils.core.fileio import atomic_path, natural_key
+from utils.data.layouts import BRATS_CONTRASTS, BRATS_NAMINGS, LABEL, NIFTI, Case, brats_folder_files, match_brats_file
+from utils.data.nifti_io import header_shape
 
 # A reference that involves no learning and never sees the truth: the acquired image of the most similar contrast.
 BASELINE_SOURCE = {"T1ce": "T1", "T1": "T1ce", "T2": "FLAIR", "FLAIR": "T2"}
@@ -86,3 +87,37 @@ def _check_apart(first: tuple[str, Path], second: tuple[str, Path]) -> None:
     if a == b or b in a.parents or a in b.parents:
         raise UserError(f"{flag_a} {first[1]} and {flag_b} {second[1]} overlap; give folders that are not inside "
                         "each other")
+
+
+@dataclass
+class TruthPair:
+    """A case brasyn.py drop kept back (the dropped image, the seg) and the folder brasyn.py complete made of it."""
+
+    name: str
+    contrast: str
+    truth_image: Path
+    label: Path | None
+    done: Case
+
+
+def pair_with_completed(truth: Case, completed: Path) -> TruthPair:
+    """Pair a --truth case, which must hold exactly the dropped image, with its case folder under --completed."""
+    name = truth.folder.name
+    if len(truth.images) != 1:
+        raise UserError(f"truth case {name} holds {len(truth.images)} images ({', '.join(truth.images)}); "
+                        "expected the one dropped image (and the seg), as brasyn.py drop writes them")
+    contrast, image = next(iter(truth.images.items()))
+    folder = completed / name
+    if not folder.is_dir():
+        raise UserError(f"--completed {completed} has no case {name}; run brasyn.py complete on its cases first")
+    return TruthPair(name, contrast, image, truth.label, read_case_folder(folder))
+
+
+def same_grid(name: str, files: dict[str, Path]) -> tuple[int, ...]:
+    """The shape all `files` of case `name` share (from their headers); UserError listing them when they differ."""
+    shapes = {what: header_shape(path, f"case {name} {what}") for what, path in files.items()}
+    if len(set(shapes.values())) > 1:
+        listing = ", ".join(f"{what} {'x'.join(map(str, shape))}" for what, shape in shapes.items())
+        raise UserError(f"case {name}: the truth and the completed case are on different grids ({listing}); "
+                        "complete the case again from the same images")
+    return next(iter(shapes.values()))

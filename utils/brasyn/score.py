@@ -1,23 +1,23 @@
 """brasyn.py score: whole-volume SSIM/PSNR of completed cases against the held-back truth."""
 from __future__ import annotations
-from utils.brasyn.cases import BASELINE_SOURCE, case_folders, read_case_folder
 
 import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 from skimage.metrics import structural_similarity
 from tqdm import tqdm
+
+from utils.brasyn.cases import BASELINE_SOURCE, case_folders, pair_with_completed, read_case_folder, same_grid
 from utils.core.errors import UserError
 from utils.core.fileio import save_csv, save_json
 from utils.data.brain import brain_mask
 from utils.data.layouts import BRATS_CONTRASTS, Case
+from utils.data.nifti_io import load_case_volume, load_label
 from utils.eval.coherence import COHERENCE_COLUMNS, COHERENCE_METRICS, coherence_metrics
 from utils.eval.metrics import SSIM_WINDOW, percentile_minmax, psnr, summarize_values
-from utils.data.nifti_io import load_case_volume
-from utils.data.nifti_io import header_shape, load_label
-
 
 METRICS_NAME = "volume_metrics"  # score: <out>/volume_metrics.{csv,json}
 
@@ -83,27 +83,15 @@ class ScoreJob:
 
 def _score_job(truth_case: Case, completed: Path) -> ScoreJob:
     """Pair a truth case with its completed folder, checking files and grids (headers only) before any scoring."""
-    name = truth_case.folder.name
-    if len(truth_case.images) != 1:
-        raise UserError(f"truth case {name} holds {len(truth_case.images)} images ({', '.join(truth_case.images)}); "
-                        "expected the one dropped image (and the seg), as brasyn.py drop writes them")
-    contrast, truth_path = next(iter(truth_case.images.items()))
-    folder = completed / name
-    if not folder.is_dir():
-        raise UserError(f"--completed {completed} has no case {name}; run brasyn.py complete on its cases first")
-    done = read_case_folder(folder)
+    pair = pair_with_completed(truth_case, completed)
+    name, contrast, done = pair.name, pair.contrast, pair.done
     if contrast not in done.images or len(done.images) < 2:
-        raise UserError(f"completed case {name} in {folder} lacks the {contrast} synthesis or the acquired images; "
-                        "run brasyn.py complete on it")
-    job = ScoreJob(name, contrast, truth_path, done, truth_case.label or done.label)
-    files = {f"truth {contrast}": truth_path, **{f"completed {c}": p for c, p in done.images.items()},
+        raise UserError(f"completed case {name} in {done.folder} lacks the {contrast} synthesis or the acquired "
+                        "images; run brasyn.py complete on it")
+    job = ScoreJob(name, contrast, pair.truth_image, done, pair.label or done.label)
+    files = {f"truth {contrast}": pair.truth_image, **{f"completed {c}": p for c, p in done.images.items()},
              **({"seg": job.label} if job.label else {})}
-    shapes = {what: header_shape(path, f"case {name} {what}") for what, path in files.items()}
-    if len(set(shapes.values())) > 1:
-        listing = ", ".join(f"{what} {'x'.join(map(str, shape))}" for what, shape in shapes.items())
-        raise UserError(f"case {name}: the truth and the completed case are on different grids ({listing}); "
-                        "complete the case again from the same images")
-    shape = next(iter(shapes.values()))
+    shape = same_grid(name, files)
     if min(shape) < SSIM_WINDOW:
         raise UserError(f"case {name}: volumes of shape {'x'.join(map(str, shape))} are smaller than SSIM's "
                         f"{SSIM_WINDOW}-voxel window on some axis; score volumes at least {SSIM_WINDOW} voxels wide")

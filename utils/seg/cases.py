@@ -6,11 +6,18 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.brasyn.cases import BASELINE_SOURCE, _check_apart, case_folders, read_case_folder
+from utils.brasyn.cases import (
+    BASELINE_SOURCE,
+    _check_apart,
+    case_folders,
+    pair_with_completed,
+    read_case_folder,
+    same_grid,
+)
 from utils.core.errors import UserError
 from utils.core.fileio import natural_key
 from utils.data.layouts import BRATS_CONTRASTS, find_brats_cases
-from utils.data.nifti_io import header_shape, load_case_volume, load_label, open_nifti
+from utils.data.nifti_io import load_case_volume, load_label, open_nifti
 from utils.data.preprocessing import normalize_volume
 from utils.seg.labels import to_classes
 
@@ -68,29 +75,18 @@ def training_cases(root: Path) -> list[LabelledCase]:
 def _held_out_case(folder: Path, completed: Path) -> HeldOutCase:
     """Pair one truth case folder with its completed folder, checking files and grids from the headers."""
     truth = read_case_folder(folder)
-    name = folder.name
-    if len(truth.images) != 1:
-        raise UserError(f"--truth case {name} holds {len(truth.images)} images; expected the one dropped image and "
-                        "the seg, as brasyn.py drop writes them")
-    if truth.label is None:
-        raise UserError(f"--truth case {name} has no segmentation in {folder}; the check needs the seg that "
+    pair = pair_with_completed(truth, completed)
+    if pair.label is None:
+        raise UserError(f"--truth case {pair.name} has no segmentation in {folder}; the check needs the seg that "
                         "brasyn.py drop keeps beside the dropped image")
-    missing, image = next(iter(truth.images.items()))
-    done_folder = completed / name
-    if not done_folder.is_dir():
-        raise UserError(f"--completed {completed} has no case {name}; run brasyn.py complete on its case first")
-    done = read_case_folder(done_folder)
-    absent = [c for c in BRATS_CONTRASTS if c not in done.images]
+    absent = [c for c in BRATS_CONTRASTS if c not in pair.done.images]
     if absent:
-        raise UserError(f"completed case {name} in {done_folder} lacks {', '.join(absent)}; run brasyn.py complete "
-                        "on it")
-    files = {"truth image": image, "seg": truth.label, **{f"completed {c}": p for c, p in done.images.items()}}
-    shapes = {what: header_shape(path, f"case {name} {what}") for what, path in files.items()}
-    if len(set(shapes.values())) > 1:
-        listing = ", ".join(f"{what} {'x'.join(map(str, s))}" for what, s in shapes.items())
-        raise UserError(f"case {name}: the truth and the completed case are on different grids ({listing}); "
-                        "complete the case again from the same images")
-    return HeldOutCase(name, missing, image, truth.label, truth.naming, dict(done.images))
+        raise UserError(f"completed case {pair.name} in {pair.done.folder} lacks {', '.join(absent)}; run "
+                        "brasyn.py complete on it")
+    same_grid(pair.name, {"truth image": pair.truth_image, "seg": pair.label,
+                          **{f"completed {c}": p for c, p in pair.done.images.items()}})
+    return HeldOutCase(pair.name, pair.contrast, pair.truth_image, pair.label, truth.naming,
+                       dict(pair.done.images))
 
 
 def held_out_cases(truth: Path, completed: Path) -> list[HeldOutCase]:
