@@ -15,6 +15,7 @@ if str(ROOT / "bench") not in sys.path:
 
 # The weight perturbation lives once, in bench_common (which the benchmarks' workers can import), for both.
 from bench_common import perturb_  # noqa: E402,F401
+
 from utils.core.options import add_diffusion_args, add_model_args  # noqa: E402
 
 # The authors' numbers live in ../shared/reference beside a developer's checkout; a user's clone has no such folder.
@@ -124,8 +125,8 @@ def save_tiny_experiment(exp_dir: Path, seed: int = 0, epochs: tuple[int, ...] =
     DDP files do (`module.`); `contrasts` is the order config.json records (three conditions, then the target).
     """
     from backbones import build_critic, build_generators
-    from utils.core.options import synthesis_parser
     from utils.core.artifacts import save_config
+    from utils.core.options import synthesis_parser
 
     args = synthesis_parser().parse_args(list(TINY_MODEL_ARGS) + ["--contrasts", *contrasts])
     exp_dir.mkdir(parents=True, exist_ok=True)

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import synthesis_cli
+
 import metric_calc
-from utils.data.brain import brain_pixels
-from utils.infer.baselines import PixelRegression, design_matrix
-from utils.data.slices import SliceDataset
 from utils.core.errors import UserError
+from utils.data.brain import brain_pixels
+from utils.data.slices import SliceDataset
+from utils.infer.baselines import PixelRegression, design_matrix
 
 CONTRASTS = ("FLAIR", "T2", "T1", "T1ce")
 SIZE = 40

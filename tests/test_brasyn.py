@@ -9,18 +9,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from skimage.metrics import structural_similarity
-
-import brasyn
 from conftest import save_tiny_experiment
-from demo import make_sample_data as phantom
+from skimage.metrics import structural_similarity
 from test_nifti import HEADER_FIELDS
 from test_readme import BRASYN_PAGE, BRASYN_SECTION, is_user_data, make_scratch_repo, readme_commands, run, section_text
+
+import brasyn
+from demo import make_sample_data as phantom
 from utils.brasyn.drop import DROPPED_NAME, balanced_choice
 from utils.brasyn.score import volume_metrics
 from utils.core.errors import UserError, run_cli
-from utils.eval.coherence import COHERENCE_COLUMNS
 from utils.data.layouts import find_case_files
+from utils.eval.coherence import COHERENCE_COLUMNS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

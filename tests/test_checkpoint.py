@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from utils.core.errors import UserError
 from utils.core.fileio import save_torch
 from utils.model.checkpoint import CheckpointError, load_state, read_checkpoint, strip_module_prefix
-from utils.core.errors import UserError
 
 
 class Tiny(nn.Module):

@@ -4,8 +4,14 @@ import math
 import numpy as np
 import pytest
 
-from utils.eval.coherence import (at_resolution, brightness_steps, coherence_metrics, plane_ssim,
-                                  slice_brightness_ratios, through_plane_ratio)
+from utils.eval.coherence import (
+    at_resolution,
+    brightness_steps,
+    coherence_metrics,
+    plane_ssim,
+    slice_brightness_ratios,
+    through_plane_ratio,
+)
 
 SHAPE = (40, 36, 24)
 

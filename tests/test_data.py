@@ -10,11 +10,11 @@ from torch.utils.data import DataLoader
 
 import dataset_brats
 import dataset_isles
-from utils.data.slices import SliceDataset, check_dataset, dataset_from_args
-from utils.data.contrasts import contrasts_from_args, resolve_contrasts
-from utils.data.geometry import from_model_space, to_model_space
 from utils.core.errors import UserError
 from utils.core.options import add_data_args, add_model_args
+from utils.data.contrasts import contrasts_from_args, resolve_contrasts
+from utils.data.geometry import from_model_space, to_model_space
+from utils.data.slices import SliceDataset, check_dataset, dataset_from_args
 
 N, H, W, S = 6, 28, 24, 32
 # File names as a user might have them: the loader must match them whatever the capitalisation.

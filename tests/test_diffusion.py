@@ -7,9 +7,21 @@ import pytest
 import torch
 
 from backbones import NCSNpp, NCSNpp_adaptive
-from utils.model.checkpoint import load_state
-from utils.model.diffusion import Diffusion_Coefficients, Posterior_Coefficients, _time_grid, extract, get_sigma_schedule, q_sample, q_sample_pairs, SharedNoise, sample_from_model, sample_posterior, sample_posterior_combine
 from utils.core.errors import UserError
+from utils.model.checkpoint import load_state
+from utils.model.diffusion import (
+    Diffusion_Coefficients,
+    Posterior_Coefficients,
+    SharedNoise,
+    _time_grid,
+    extract,
+    get_sigma_schedule,
+    q_sample,
+    q_sample_pairs,
+    sample_from_model,
+    sample_posterior,
+    sample_posterior_combine,
+)
 
 # Coefficients whose computation involves no square root: pure IEEE arithmetic, so bit-identical on every platform.
 SQRT_FREE = ("betas_full", "betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "posterior_variance",

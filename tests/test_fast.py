@@ -21,6 +21,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import perturb_, save_tiny_experiment, save_tiny_slices, synthesis_cli, tiny_args, train_cli
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import backbones
@@ -28,10 +29,15 @@ from backbones import build_critic, build_generators, fast_paths, fast_paths_ena
 from backbones import up_or_down_sampling as fir
 from backbones.layerspp import AdaptiveGroupNorm, AttnBlockpp, ConvFeatBlock
 from backbones.upfirdn2d import upfirdn2d
-from conftest import perturb_, synthesis_cli, train_cli, save_tiny_experiment, save_tiny_slices, tiny_args
-from utils.model.diffusion import Diffusion_Coefficients, Posterior_Coefficients, q_sample_pairs, sample_from_model, sample_posterior
-from utils.model.speed import SpeedOptions, autocast_context, fast_sample, make_adam, prepare_generators, prepare_module
 from utils.core.options import add_diffusion_args, add_model_args, add_speed_args, add_training_args
+from utils.model.diffusion import (
+    Diffusion_Coefficients,
+    Posterior_Coefficients,
+    q_sample_pairs,
+    sample_from_model,
+    sample_posterior,
+)
+from utils.model.speed import SpeedOptions, autocast_context, fast_sample, make_adam, prepare_generators, prepare_module
 from utils.train.steps import Batch, Diffusion, Networks, critic_step
 
 ROOT = Path(__file__).resolve().parents[1]

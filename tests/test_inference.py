@@ -6,14 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL_ARGS, save_tiny_experiment, save_tiny_slices, synthesis_cli
 
-from conftest import TINY_MODEL_ARGS, synthesis_cli, save_tiny_experiment, save_tiny_slices
 from utils.core.errors import UserError, run_cli
+from utils.core.runtime import resolve_device
 from utils.data.images import read_image
 from utils.data.slices import SliceDataset
-from utils.model.diffusion import sample_from_model
 from utils.infer.experiment import open_experiment
-from utils.core.runtime import resolve_device
+from utils.model.diffusion import sample_from_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,11 +15,19 @@ from torchvision.utils import save_image
 
 import metric_calc
 from utils.core.errors import UserError, run_cli
-from utils.core.fileio import save_npy
-from utils.core.fileio import natural_key
+from utils.core.fileio import natural_key, save_npy
 from utils.data.images import read_image, read_mask, save_png16
-from utils.eval.metrics import (PROTOCOL_TITLES, as_saved_image, mask_box, original_saved_levels, paper_metrics,
-                                percentile_minmax, plain_metrics, saved_image_metrics, summarize)
+from utils.eval.metrics import (
+    PROTOCOL_TITLES,
+    as_saved_image,
+    mask_box,
+    original_saved_levels,
+    paper_metrics,
+    percentile_minmax,
+    plain_metrics,
+    saved_image_metrics,
+    summarize,
+)
 from utils.eval.results import EvalSet, evaluate_folder, evaluate_set, load_results_folder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,17 +14,22 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import model_args, tiny_args
+from conftest import perturb_ as perturb_weights
 
-from backbones import AttentionProjection, Discriminator_large, NCSNpp, NCSNpp_adaptive, build_critic, \
-    build_generators
+from backbones import AttentionProjection, Discriminator_large, NCSNpp, NCSNpp_adaptive, build_critic, build_generators
 from backbones.discriminator import minibatch_stddev
 from backbones.layers import NIN, PixelNorm, get_timestep_embedding
 from backbones.layerspp import AdaptiveGroupNorm, AttnBlockpp
-from backbones.up_or_down_sampling import conv_downsample_2d, downsample_2d, setup_kernel, upfirdn2d, \
-    upsample_2d, upsample_conv_2d
+from backbones.up_or_down_sampling import (
+    conv_downsample_2d,
+    downsample_2d,
+    setup_kernel,
+    upfirdn2d,
+    upsample_2d,
+    upsample_conv_2d,
+)
 from utils.core.errors import UserError
-
-from conftest import model_args, perturb_ as perturb_weights, tiny_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,12 +4,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import NIFTI_DAMAGE, damage_nifti, save_tiny_experiment, synthesis_cli
+
 from utils.core.errors import UserError, run_cli
 from utils.data.layouts import case_name, find_case_files
-from utils.infer.volumes import model_slices_to_volume, volume_to_model_slices
 from utils.data.preprocessing import normalize_volume
+from utils.infer.volumes import model_slices_to_volume, volume_to_model_slices
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,9 +6,8 @@ import nbformat
 import nibabel as nib
 import numpy as np
 import pytest
-from nbclient import NotebookClient
-
 from conftest import ROOT, save_tiny_experiment
+from nbclient import NotebookClient
 
 NOTEBOOK = ROOT / "demo" / "demo.ipynb"
 SHAPE = (48, 40, 6)

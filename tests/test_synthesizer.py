@@ -4,9 +4,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import save_tiny_experiment, synthesis_cli
 from test_nifti import write_case
+
 from utils.core.errors import UserError
 from utils.infer.synthesizer import Synthesizer
 

@@ -17,25 +17,24 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from bench_common import reference_step  # bench/ is on sys.path through conftest
 from conftest import train_cli
+
+import utils.model.diffusion as diffusion
 import utils.train.loop as loop
 import utils.train.steps as training
 from backbones import build_generators
 from utils.core.artifacts import NETWORK_NAMES
+from utils.core.errors import UserError, run_cli
 from utils.core.options import parse_with_config, train_parser
 from utils.core.runtime import seed_everything
-from utils.train.plan import prepare
-from utils.train.steps import build_networks
-from utils.model.checkpoint import CheckpointError, load_state, read_checkpoint
 from utils.data.slices import SliceDataset
-import utils.model.diffusion as diffusion
+from utils.model.checkpoint import CheckpointError, load_state, read_checkpoint
 from utils.model.diffusion import Diffusion_Coefficients, Posterior_Coefficients
 from utils.train.distributed import free_port, plan_launch
 from utils.train.ema import EMA
-from utils.core.errors import UserError, run_cli
-from utils.train.steps import LOSS_NAMES, Batch, Diffusion, build_optimisers, train_step
+from utils.train.plan import prepare
+from utils.train.steps import LOSS_NAMES, Batch, Diffusion, build_networks, build_optimisers, train_step
 from utils.train.validation import validate, validation_batches
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,23 +1,32 @@
 """brasyn.py complete: synthesise each case's missing contrast with the experiment trained for it."""
 from __future__ import annotations
-from utils.brasyn.cases import _and, _check_apart, case_folders, copy_file, extension, missing_modality, read_case_folder
 
 import argparse
 import functools
 import time
 from pathlib import Path
 from typing import Callable, Sequence
+
 from tqdm import tqdm
-from utils.data.contrasts import canonical_contrast
+
+from utils.brasyn.cases import (
+    _and,
+    _check_apart,
+    case_folders,
+    copy_file,
+    extension,
+    missing_modality,
+    read_case_folder,
+)
+from utils.core.artifacts import CONFIG_NAME
 from utils.core.errors import UserError
 from utils.core.fileio import save_csv, save_json
-from utils.infer.experiment import Experiment, experiment_args, load_experiment
+from utils.data.contrasts import canonical_contrast
 from utils.data.layouts import BRATS_CONTRASTS, BRATS_NAMINGS, Case
-from utils.infer.coverage import UNKNOWN, describe_outside, slices_outside_training
-from utils.infer.synthesizer import Synthesizer
-from utils.core.artifacts import CONFIG_NAME
 from utils.data.preprocessing import check_case
-
+from utils.infer.coverage import UNKNOWN, describe_outside, slices_outside_training
+from utils.infer.experiment import Experiment, experiment_args, load_experiment
+from utils.infer.synthesizer import Synthesizer
 
 REPORT_NAME = "brasyn_report"  # complete: <out>/brasyn_report.{json,csv}
 

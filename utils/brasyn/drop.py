@@ -1,18 +1,26 @@
 """brasyn.py drop: make BraSyn-style validation cases by removing one contrast per case (seeded, balanced)."""
 from __future__ import annotations
-from utils.brasyn.cases import _and, _check_apart, copy_file
 
 import argparse
 from pathlib import Path
 from typing import Sequence
+
 import numpy as np
 from tqdm import tqdm
-from utils.data.contrasts import canonical_contrast
-from utils.core.errors import UserError
-from utils.core.fileio import save_csv
-from utils.core.fileio import natural_key
-from utils.data.layouts import BRATS_CONTRASTS, BRATS_NAMINGS, Case, brats_folder_files, find_cases, read_split_files, select_cases
 
+from utils.brasyn.cases import _and, _check_apart, copy_file
+from utils.core.errors import UserError
+from utils.core.fileio import natural_key, save_csv
+from utils.data.contrasts import canonical_contrast
+from utils.data.layouts import (
+    BRATS_CONTRASTS,
+    BRATS_NAMINGS,
+    Case,
+    brats_folder_files,
+    find_cases,
+    read_split_files,
+    select_cases,
+)
 
 DROPPED_NAME = "dropped.csv"  # drop: <truth>/dropped.csv
 

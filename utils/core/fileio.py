@@ -4,13 +4,15 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
+
 import numpy as np
 import torch
+
 from utils.core.errors import UserError
-import re
 
 
 def _current_umask() -> int:

@@ -1,11 +1,13 @@
 """The process's device choice and random seeding."""
 from __future__ import annotations
 
+import random
 import re
+
 import numpy as np
 import torch
+
 from utils.core.errors import UserError
-import random
 
 
 def resolve_device(spec: str = "auto", gpu_index: int | None = None) -> torch.device:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from typing import Sequence
+
 import numpy as np
+
 from utils.data.geometry import MODEL_BACKGROUND
 
 

@@ -1,8 +1,8 @@
 """Contrast names and the datasets' README contrast orders (which contrast is synthesised from which)."""
 from dataclasses import dataclass
 from typing import Sequence
-from utils.core.errors import UserError
 
+from utils.core.errors import UserError
 
 # Spellings seen in datasets (t1n, t1c, t2w, t2f: BraTS 2023), forks and the original code, mapped to the names
 # pre_process.py writes.

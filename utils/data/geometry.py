@@ -1,9 +1,10 @@
 """Model space: slices in [0, 1] of any size to padded (N, 1, S, S) tensors in [-1, 1], and back."""
 from typing import TypeVar
+
 import numpy as np
 import torch
-from utils.core.errors import UserError
 
+from utils.core.errors import UserError
 
 Values = TypeVar("Values", np.ndarray, torch.Tensor)
 MODEL_BACKGROUND = -1.0  # model space: the preprocessed arrays' 0

@@ -3,12 +3,12 @@ import os
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from utils.core.errors import UserError
-from utils.core.fileio import atomic_path, load_npy
-from utils.core.fileio import natural_key
 
+from utils.core.errors import UserError
+from utils.core.fileio import atomic_path, load_npy, natural_key
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy")
 

@@ -6,12 +6,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
+
 import numpy as np
-from utils.data.contrasts import CONTRAST_ALIASES, canonical_contrast
+
 from utils.core.artifacts import SPLITS
 from utils.core.errors import UserError
 from utils.core.fileio import natural_key
-
+from utils.data.contrasts import CONTRAST_ALIASES, canonical_contrast
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,15 +1,17 @@
 """NIfTI reading and writing with one-line errors for missing, damaged or singular files."""
 from __future__ import annotations
-from utils.data.layouts import NIFTI_SUFFIXES
 
+import gzip
 import os
 import zlib
 from pathlib import Path
+
 import nibabel as nib
 import numpy as np
+
 from utils.core.errors import UserError
 from utils.core.fileio import atomic_path
-import gzip
+from utils.data.layouts import NIFTI_SUFFIXES
 
 
 def open_nifti(path: str | os.PathLike, what: str) -> nib.spatialimages.SpatialImage:

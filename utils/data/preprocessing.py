@@ -7,19 +7,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
+
 import numpy as np
 from numpy.lib.format import open_memmap
 from skimage.transform import resize
 from tqdm import tqdm
-from utils.core.artifacts import BRAIN_MASK, LESION_MASK, MANIFEST, MANIFEST_COLUMNS
+
+from utils.core.artifacts import BRAIN_MASK, INFO, LESION_MASK, MANIFEST, MANIFEST_COLUMNS
 from utils.core.errors import UserError
 from utils.core.fileio import atomic_path, csv_text, load_json
 from utils.data.brain import brain_mask
 from utils.data.layouts import LABEL, Case, choose_contrasts, plan_splits
-from utils.core.artifacts import INFO
 from utils.data.nifti_io import check_volume, header_shape, load_label, load_volume
 from utils.data.slices import read_manifest
-
 
 LOW_PERCENTILE = 1.0
 

@@ -3,15 +3,16 @@ import csv
 import os
 from pathlib import Path
 from typing import Sequence
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from utils.core.artifacts import BRAIN_MASK, LESION_MASK, MANIFEST, MANIFEST_COLUMNS
 from utils.core.errors import UserError
 from utils.core.fileio import load_npy
-from utils.core.artifacts import BRAIN_MASK, LESION_MASK, MANIFEST, MANIFEST_COLUMNS
 from utils.data.contrasts import contrasts_from_args
 from utils.data.geometry import masks_to_model_space, pad_offsets, to_model_space
-
 
 # How many evenly spaced slices check_dataset reads to verify the value range without scanning gigabytes.
 RANGE_CHECK_SLICES = 64

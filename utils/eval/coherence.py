@@ -9,7 +9,6 @@ from skimage.metrics import structural_similarity
 from utils.data.preprocessing import resize_masks, resize_slices
 from utils.eval.metrics import SSIM_WINDOW
 
-
 # Volumes are (H, W, D) on the BraTS grid: axis 0 runs left-right, 1 front-back, 2 (the synthesised slices) up-down.
 PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
 import numpy as np
+
+from utils.core.artifacts import output_stack
 from utils.core.errors import UserError
 from utils.eval.metrics import Summary, plain_metrics, summarize, summarize_values
 from utils.eval.results import evaluate_set, load_results_folder
-from utils.core.artifacts import output_stack
-
 
 # Rows of the comparison table: (key, title). brain_plain is the plain metric restricted to the brain mask.
 TABLE_ROWS = (

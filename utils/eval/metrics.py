@@ -3,10 +3,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
 import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
 
 SSIM_WINDOW = 7  # skimage's default win_size, which the original used
 

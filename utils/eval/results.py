@@ -4,14 +4,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 from tqdm import tqdm
-from utils.core.errors import UserError
-from utils.core.fileio import load_npy
-from utils.data.images import RANGE_TOLERANCE, list_images, pair_by_name, read_image_file, read_mask, require_names, unit_image
-from utils.core.fileio import natural_key
-from utils.eval.metrics import METRICS, _check_pair, as_saved_image, plain_metrics, saved_image_metrics
+
 from utils.core.artifacts import OUTPUT_DIR_NAME, output_stack
+from utils.core.errors import UserError
+from utils.core.fileio import load_npy, natural_key
+from utils.data.images import (
+    RANGE_TOLERANCE,
+    list_images,
+    pair_by_name,
+    read_image_file,
+    read_mask,
+    require_names,
+    unit_image,
+)
+from utils.eval.metrics import METRICS, _check_pair, as_saved_image, plain_metrics, saved_image_metrics
 
 
 # --------------------------------------------------------------------------- evaluation of many slices

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from utils.core.errors import UserError
+from utils.core.options import BASELINES
 from utils.data.brain import brain_pixels
 from utils.data.geometry import MODEL_BACKGROUND
 from utils.data.slices import SliceDataset
-from utils.core.errors import UserError
-from utils.core.options import BASELINES
 
 
 def design_matrix(conditions: np.ndarray, kind: str) -> np.ndarray:

@@ -1,22 +1,30 @@
 """An experiment folder loaded for synthesis: its config.json, generator weights and (optionally) critic."""
 from __future__ import annotations
-from utils.core.artifacts import ATTENTION_KEY, CONTENT_NAME, CRITIC_KEY, check_content_format, generator_files
-from utils.core.options import synthesis_parser
-from utils.core.runtime import resolve_device
 
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import torch
 from torch import nn
+
 from backbones import build_critic, build_generators
-from utils.model.checkpoint import load_state, read_checkpoint
+from utils.core.artifacts import (
+    ATTENTION_KEY,
+    CONTENT_NAME,
+    CRITIC_KEY,
+    check_content_format,
+    experiment_dir,
+    generator_files,
+    load_config,
+)
+from utils.core.options import DATA_KEYS, DIFFUSION_KEYS, MODEL_KEYS, PATH_KEYS, apply_config, synthesis_parser
+from utils.core.runtime import resolve_device
 from utils.data.contrasts import resolve_contrasts
+from utils.data.preprocessing import DEFAULT_NORMALIZATION
+from utils.model.checkpoint import load_state, read_checkpoint
 from utils.model.diffusion import Posterior_Coefficients
 from utils.model.speed import SpeedOptions, prepare_generators, prepare_process
-from utils.core.options import DATA_KEYS, DIFFUSION_KEYS, MODEL_KEYS, PATH_KEYS, apply_config
-from utils.core.artifacts import experiment_dir, load_config
-from utils.data.preprocessing import DEFAULT_NORMALIZATION
 
 
 def _take_paths(args: argparse.Namespace, config: dict, parser: argparse.ArgumentParser) -> None:

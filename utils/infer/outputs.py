@@ -1,17 +1,19 @@
 """test.py's results folder writer: PNG slices, stacks, manifest and what each file holds."""
 from __future__ import annotations
-from utils.core.artifacts import OUTPUTS, slice_name
 
 import argparse
 import contextlib
 from pathlib import Path
 from typing import Sequence
+
 import numpy as np
 import torch
-from utils.data.slices import SliceDataset
-from utils.data.geometry import from_model_space, unit_to_model
+
+from utils.core.artifacts import OUTPUTS, slice_name
 from utils.core.fileio import atomic_path
+from utils.data.geometry import from_model_space, unit_to_model
 from utils.data.images import RANGE_TOLERANCE, save_png16
+from utils.data.slices import SliceDataset
 from utils.infer.experiment import Experiment
 
 

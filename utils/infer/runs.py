@@ -1,29 +1,44 @@
 """test.py's jobs: synthesise a split's slices with a model or a baseline, or a whole NIfTI case."""
 from __future__ import annotations
-from utils.infer.outputs import SampleWriter, _LAYOUT_NOTES, _manifest_rows, _to_original, clear_previous, model_record, synth_to_original
 
 import argparse
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Callable, Sequence
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
-from utils.core.artifacts import BRAIN_MASK
-from utils.data.slices import SliceDataset, find_array
+
+from utils.core.artifacts import (
+    BRAIN_MASK,
+    OUTPUT_DIR_NAME,
+    SAMPLES_MANIFEST,
+    VOLUMES_DIR_NAME,
+    baseline_output_dir,
+    experiment_dir,
+)
 from utils.core.errors import UserError
 from utils.core.fileio import save_csv, save_json
-from utils.infer.baselines import PixelRegression
-from utils.core.artifacts import OUTPUT_DIR_NAME, SAMPLES_MANIFEST, VOLUMES_DIR_NAME, baseline_output_dir
-from utils.infer.experiment import Experiment, configure, describe, load_experiment
-from utils.infer.sampling import Synthesis, synthesize
-from utils.data.layouts import case_name, find_case_files
-from utils.infer.coverage import describe_outside, slices_outside_training
-from utils.infer.volumes import synthesize_volume
-from utils.core.artifacts import experiment_dir
-from utils.data.preprocessing import data_normalization
 from utils.core.runtime import seed_everything
+from utils.data.layouts import case_name, find_case_files
+from utils.data.preprocessing import data_normalization
+from utils.data.slices import SliceDataset, find_array
+from utils.infer.baselines import PixelRegression
+from utils.infer.coverage import describe_outside, slices_outside_training
+from utils.infer.experiment import Experiment, configure, describe, load_experiment
+from utils.infer.outputs import (
+    _LAYOUT_NOTES,
+    SampleWriter,
+    _manifest_rows,
+    _to_original,
+    clear_previous,
+    model_record,
+    synth_to_original,
+)
+from utils.infer.sampling import Synthesis, synthesize
+from utils.infer.volumes import synthesize_volume
 
 
 def open_split(args: argparse.Namespace) -> SliceDataset:

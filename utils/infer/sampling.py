@@ -1,10 +1,12 @@
 """Synthesis of a batch of slices (4-step reverse diffusion) with the optional critic uncertainty map."""
 from __future__ import annotations
-from utils.infer.experiment import Experiment
 
 from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
+
+from utils.infer.experiment import Experiment
 from utils.model.diffusion import SharedNoise
 from utils.model.speed import fast_sample
 

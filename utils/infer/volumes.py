@@ -1,23 +1,25 @@
 """Whole-volume synthesis: a case's NIfTI files in, a NIfTI volume on the case's grid out."""
 from __future__ import annotations
-from utils.data.brain import brain_mask
-from utils.data.nifti_io import check_volume, load_case_volume, save_like
-from utils.data.layouts import strip_nifti_suffix
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
+
 import nibabel as nib
 import numpy as np
 import torch
 from skimage.transform import resize
 from tqdm import tqdm
-from utils.data.geometry import from_model_space, to_model_space, unit_to_model
+
 from utils.core.errors import UserError
+from utils.data.brain import brain_mask
+from utils.data.geometry import from_model_space, to_model_space, unit_to_model
+from utils.data.layouts import strip_nifti_suffix
+from utils.data.nifti_io import check_volume, load_case_volume, save_like
+from utils.data.preprocessing import DEFAULT_NORMALIZATION, normalize_volume, resize_slices
 from utils.infer.experiment import Experiment
 from utils.infer.sampling import synthesize
 from utils.model.diffusion import SharedNoise
-from utils.data.preprocessing import DEFAULT_NORMALIZATION, normalize_volume, resize_slices
 
 
 @dataclass

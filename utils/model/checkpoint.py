@@ -9,10 +9,11 @@ import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
+
 import torch
 from torch import Tensor, nn
-from utils.core.errors import UserError
 
+from utils.core.errors import UserError
 
 DDP_PREFIX = "module."
 

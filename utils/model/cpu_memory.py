@@ -5,7 +5,6 @@ import ctypes
 import ctypes.util
 import sys
 
-
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Protocol
+
 import numpy as np
 import torch
 from torch import Tensor
-from utils.core.errors import UserError
 
+from utils.core.errors import UserError
 
 # The first grid point of the time schedule: t runs over [EPS_SMALL, 1] instead of [0, 1].
 EPS_SMALL = 1e-3

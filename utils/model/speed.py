@@ -6,8 +6,10 @@ import contextlib
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterable, Sequence
+
 import torch
 from torch import Tensor, nn
+
 from backbones import condition_feature_cache, set_fast_paths
 from utils.model.cpu_memory import reuse_freed_cpu_memory
 from utils.model.diffusion import Posterior_Coefficients, SharedNoise, sample_from_model

@@ -6,11 +6,12 @@ import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Iterable
+
 import torch
 import torch.distributed as dist
+
 from utils.core.errors import UserError
 from utils.core.runtime import resolve_device
-
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import contextlib
 from typing import Iterator
+
 import torch
 from torch import nn
-
 
 # An update count past which the warm-up decay (1 + n) / (10 + n) exceeds any decay below 1 - 1e-8.
 WARMED_UP = 10**9

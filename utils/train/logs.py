@@ -6,6 +6,7 @@ import math
 import os
 from pathlib import Path
 from typing import Sequence
+
 from utils.core.fileio import save_csv
 
 

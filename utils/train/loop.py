@@ -1,10 +1,5 @@
 """The training loop: epochs, validation, checkpoints, resume."""
 from __future__ import annotations
-from utils.core.artifacts import CONTENT_FORMAT, CONTENT_NAME, CURVES, TRAIN_LOG, VAL_LOG, sample_figure_name
-from utils.train.plan import RunPlan
-from utils.train.resume import _normalise
-from utils.train.resume import read_content, rng_state, set_rng_state
-from utils.core.runtime import seed_everything
 
 import contextlib
 import math
@@ -13,22 +8,42 @@ import warnings
 from argparse import Namespace
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import torch
 from tqdm import tqdm
-from utils.model.checkpoint import add_module_prefix, load_state
-from utils.data.slices import SliceDataset
-from utils.model.diffusion import Diffusion_Coefficients, Posterior_Coefficients
-from utils.train.distributed import ProcessLayout, all_reduce_mean, barrier, broadcast_module, gather_objects
-from utils.model.speed import SpeedOptions, autocast_context, prepare_generators, prepare_module, prepare_process
-from utils.core.fileio import save_torch
-from utils.core.artifacts import VALUE_RANGES, save_config
-from utils.eval.plots import plot_curves, save_sample_grid
-from utils.train.steps import LOSS_NAMES, Batch, Diffusion, build_optimisers, step_schedulers, train_step
-from utils.train.validation import VAL_NAMES, validate, validation_batches
-from utils.train.logs import CsvLog
-from utils.train.steps import build_networks
 
+from utils.core.artifacts import (
+    CONTENT_FORMAT,
+    CONTENT_NAME,
+    CURVES,
+    TRAIN_LOG,
+    VAL_LOG,
+    VALUE_RANGES,
+    sample_figure_name,
+    save_config,
+)
+from utils.core.fileio import save_torch
+from utils.core.runtime import seed_everything
+from utils.data.slices import SliceDataset
+from utils.eval.plots import plot_curves, save_sample_grid
+from utils.model.checkpoint import add_module_prefix, load_state
+from utils.model.diffusion import Diffusion_Coefficients, Posterior_Coefficients
+from utils.model.speed import SpeedOptions, autocast_context, prepare_generators, prepare_module, prepare_process
+from utils.train.distributed import ProcessLayout, all_reduce_mean, barrier, broadcast_module, gather_objects
+from utils.train.logs import CsvLog
+from utils.train.plan import RunPlan
+from utils.train.resume import _normalise, read_content, rng_state, set_rng_state
+from utils.train.steps import (
+    LOSS_NAMES,
+    Batch,
+    Diffusion,
+    build_networks,
+    build_optimisers,
+    step_schedulers,
+    train_step,
+)
+from utils.train.validation import VAL_NAMES, validate, validation_batches
 
 LOG_EVERY = 50
 

@@ -1,23 +1,22 @@
 """What a training run will do, decided before any process starts: options checked, data checked, ports chosen."""
 from __future__ import annotations
-from utils.core.artifacts import CONTENT_NAME
-from utils.train.steps import build_networks, count_parameters
-from utils.train.resume import check_resume
 
 import dataclasses
 import sys
 from argparse import Namespace
 from pathlib import Path
-import torch
-from utils.core.artifacts import LESION_MASK
-from utils.data.slices import check_dataset, find_array
-from utils.data.contrasts import resolve_contrasts
-from utils.train.distributed import LaunchPlan, free_port, plan_launch, port_is_free, resolve_device_kind
-from utils.core.errors import UserError
-from utils.model.speed import SpeedOptions
-from utils.core.artifacts import experiment_dir
-from utils.data.preprocessing import data_normalization, split_slice_range
 
+import torch
+
+from utils.core.artifacts import CONTENT_NAME, LESION_MASK, experiment_dir
+from utils.core.errors import UserError
+from utils.data.contrasts import resolve_contrasts
+from utils.data.preprocessing import data_normalization, split_slice_range
+from utils.data.slices import check_dataset, find_array
+from utils.model.speed import SpeedOptions
+from utils.train.distributed import LaunchPlan, free_port, plan_launch, port_is_free, resolve_device_kind
+from utils.train.resume import check_resume
+from utils.train.steps import build_networks, count_parameters
 
 MIN_IMAGE_SIZE = 64  # the critic halves the image six times
 

@@ -1,17 +1,27 @@
 """Resuming a run: reading content.pth, checking the options match, restoring random state."""
 from __future__ import annotations
-from utils.core.artifacts import (CONFIG_NAME, CONTENT_NAME, CURVES, GENERATOR_NAMES, SAMPLE_FIGURE_GLOB, TRAIN_LOG,
-                                  VAL_LOG, check_content_format)
 
 import random
 from argparse import Namespace
 from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
-from typing import Any
-from utils.model.checkpoint import read_checkpoint
+
+from utils.core.artifacts import (
+    CONFIG_NAME,
+    CONTENT_NAME,
+    CURVES,
+    GENERATOR_NAMES,
+    SAMPLE_FIGURE_GLOB,
+    TRAIN_LOG,
+    VAL_LOG,
+    check_content_format,
+)
 from utils.core.errors import UserError
 from utils.core.options import DATA_KEYS, DIFFUSION_KEYS, MODEL_KEYS
+from utils.model.checkpoint import read_checkpoint
 
 
 def read_content(path: Path, device: torch.device | str = "cpu") -> dict:

@@ -6,15 +6,16 @@ import math
 from argparse import Namespace
 from dataclasses import dataclass
 from typing import Iterator, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from backbones import build_critic, build_generators
 from utils.model.diffusion import Diffusion_Coefficients, Posterior_Coefficients, q_sample_pairs, sample_posterior
+from utils.model.speed import make_adam
 from utils.train.distributed import average_gradients
 from utils.train.ema import EMA
-from utils.model.speed import make_adam
-
 
 LOSS_NAMES = ("errD_real", "errD_fake", "r1_penalty", "errG_adv", "errG_L1", "mask_loss", "errG")
 

@@ -1,18 +1,19 @@
 """Validation during training: sample every validation slice and average PSNR, SSIM and L1."""
 from __future__ import annotations
-from utils.train.steps import Batch, Diffusion, Networks
 
 import math
 from argparse import Namespace
 from typing import Iterable, Sequence
+
 import numpy as np
 import torch
 from tqdm import tqdm
-from utils.train.distributed import all_reduce_sum
-from utils.model.speed import SpeedOptions, fast_sample
+
 from utils.data.geometry import model_to_unit
 from utils.eval.metrics import plain_metrics
-
+from utils.model.speed import SpeedOptions, fast_sample
+from utils.train.distributed import all_reduce_sum
+from utils.train.steps import Batch, Diffusion, Networks
 
 VAL_NAMES = ("psnr", "ssim", "l1")
 
