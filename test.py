@@ -2,7 +2,7 @@
 
 Slice mode (default) reads the preprocessed split (INPUT_PATH/<split>/<CONTRAST>.npy) and writes
 OUTPUT_PATH/EXP/generated_samples/ for metric_calc.py. NIfTI mode (--nifti with --cond1/2/3 or --case) writes one
-synthesised volume with the inputs' geometry. See the README section "Test / synthesis".
+synthesised volume with the inputs' geometry. Options and outputs: docs/synthesis.md.
 """
 from __future__ import annotations
 

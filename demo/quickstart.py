@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"\nMU-Diff against the linear baseline on the {count} test slices (mean ± std over slices):")
     print(comparison_table(scores))
     print("  The baseline maps each pixel's three input intensities to the target with coefficients fitted on the\n"
-          "  training split; neither method sees the test slices' truth (README, 'Quality').")
+          "  training split; neither method sees the test slices' truth (docs/quality.md).")
     drawn = enhancement_drawn(samples, baseline)
     if drawn is not None:
         print(f"  Enhancing rim drawn: {100 * drawn:.0f} % of the truth's enhancement over the baseline "

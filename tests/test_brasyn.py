@@ -1,4 +1,4 @@
-"""brasyn.py on phantom cases in BraTS 2023 naming: drop, complete, score, every error, and the README's whole loop."""
+"""brasyn.py on phantom cases in BraTS 2023 naming: drop, complete, score, every error, and docs/brasyn.md's whole loop."""
 import csv
 import json
 import math

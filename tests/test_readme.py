@@ -1,6 +1,6 @@
 """Every command the README and docs/ show runs as printed (in a scratch copy of the repository, never in the user's folders).
 
-Commands on the phantom data must succeed, page after page in PAGES order. Commands on data a user brings (BraTS,
+Commands on the phantom data must succeed, page after page in PAGES order, and then every ```python block. Commands on data a user brings (BraTS,
 ISLES, the published weights) cannot run here: they must stop at once with a one-line `error:` naming what is
 missing, never a traceback. The README stays a first page: at most 12 KB, every link resolving.
 """
@@ -58,6 +58,12 @@ def readme_commands(text: str | None = None) -> list[str]:
 def page_commands(page: str) -> list[str]:
     """The command lines of one page of PAGES."""
     return readme_commands((ROOT / page).read_text())
+
+
+def python_blocks() -> list[str]:
+    """The ```python blocks of every page, in PAGES order: each runs as a script in the scratch repository."""
+    return ["\n".join(lines) + "\n" for page in PAGES for info, lines in fenced_blocks((ROOT / page).read_text())
+            if info == "python"]
 
 
 def all_commands() -> list[str]:
@@ -163,6 +169,14 @@ def test_phantom_commands_run_as_printed(scratch_repo: Path) -> None:
         assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     assert (scratch_repo / "results" / "phantom" / "generated_samples" / "metrics" / "metrics_summary.json").exists()
     assert (scratch_repo / "results" / "phantom" / "t1ce_synth.nii.gz").exists()
+    blocks = python_blocks()
+    assert blocks, "no ```python block in the pages"
+    for index, block in enumerate(blocks):
+        script = scratch_repo / f"page_block_{index}.py"
+        script.write_text(block)
+        result = run(f".venv/bin/python {script.name}", scratch_repo)
+        assert result.returncode == 0, f"{block}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    assert (scratch_repo / "results" / "phantom" / "api_t1ce.nii.gz").exists()
 
 
 def test_user_data_commands_fail_with_one_line(scratch_repo: Path) -> None:

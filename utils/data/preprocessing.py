@@ -50,7 +50,7 @@ def normalize_volume(vol: np.ndarray, name: str = "volume", dtype: type = np.flo
     """Clip the whole volume to [low, high] from its voxels > 0 (RECIPES[method]) and map that range to [0, 1].
 
     The original's 99th percentile moves with the size of the brightest structure: where an enhancing rim covers
-    more than 1 % of the brain it lands inside the rim and the rest of the T1ce comes out darker (README, Quality).
+    more than 1 % of the brain it lands inside the rim and the rest of the T1ce comes out darker (docs/quality.md).
     The median cannot be moved by a lesion that small, and its scale is fixed: no min-max stretch afterwards."""
     vol = np.asarray(vol, dtype=np.float64)
     check_volume(vol, name)
