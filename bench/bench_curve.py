@@ -19,10 +19,10 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import (RESULTS_DIR, base_spec, check_reference, command_line, run_worker,  # noqa: E402
-                          save_results)
+from bench_common import RESULTS_DIR, base_spec, check_reference, command_line, run_worker, save_results  # noqa: E402
 
 from utils.core.errors import UserError, run_cli  # noqa: E402
+from utils.core.options import HelpFormatter  # noqa: E402
 from utils.train.steps import LOSS_NAMES  # noqa: E402
 
 CONTRASTS = ["FLAIR", "T2", "T1", "T1ce"]
@@ -31,7 +31,7 @@ CONTRASTS = ["FLAIR", "T2", "T1", "T1ce"]
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--reference", required=True, metavar="PATH", help="checkout of the original code")
     parser.add_argument("--data", required=True, help="a preprocessed split folder with FLAIR/T2/T1/T1ce.npy")
     parser.add_argument("--steps", type=int, default=200, help="training iterations")
@@ -61,9 +61,9 @@ def largest_difference(ours: list[list[float]], theirs: list[list[float]]) -> fl
 
 def draw(ours: list[list[float]], theirs: list[list[float]], path: Path) -> None:
     """Critic and L1 losses per step for both codes."""
-    from utils.eval.plots import save_figure
-
     import matplotlib.pyplot as plt
+
+    from utils.eval.plots import save_figure
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     for ax, name in zip(axes, ("errD_fake", "errG_adv", "errG_L1")):

@@ -29,18 +29,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from utils.infer.baselines import PixelRegression  # noqa: E402
-from utils.data.geometry import model_to_unit  # noqa: E402
-from utils.data.slices import SliceDataset  # noqa: E402
-from utils.core.errors import UserError, run_cli  # noqa: E402
-from utils.core.options import BASELINES  # noqa: E402
-from utils.core.fileio import save_json  # noqa: E402
-from utils.eval.metrics import plain_metrics, summarize_values  # noqa: E402
-from utils.core.artifacts import CONFIG_NAME  # noqa: E402
-from utils.data.preprocessing import NORMALIZATIONS  # noqa: E402
 from demo.steps import ROOT, run_step  # noqa: E402
+from utils.core.artifacts import (  # noqa: E402
+    CONFIG_NAME,  # noqa: E402
+    OUTPUT_DIR_NAME,
+    VAL_LOG,
+    baseline_output_dir,
+    output_stack,
+)
+from utils.core.errors import UserError, run_cli  # noqa: E402
+from utils.core.fileio import save_json  # noqa: E402
+from utils.core.options import BASELINES, HelpFormatter  # noqa: E402
+from utils.data.geometry import model_to_unit  # noqa: E402
+from utils.data.preprocessing import NORMALIZATIONS  # noqa: E402
+from utils.data.slices import SliceDataset  # noqa: E402
 from utils.eval.compare import as_json, comparison_table, enhancement_drawn, max_swing, score_folder  # noqa: E402
-from utils.core.artifacts import OUTPUT_DIR_NAME, VAL_LOG, baseline_output_dir, output_stack  # noqa: E402
+from utils.eval.metrics import plain_metrics, summarize_values  # noqa: E402
+from utils.infer.baselines import PixelRegression  # noqa: E402
 
 EXP = "quality"
 
@@ -48,7 +53,7 @@ EXP = "quality"
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality"), help="output folder")
     parser.add_argument("--config", default=str(ROOT / "configs" / "quickstart.json"),
                         help="training recipe (train.py --config)")
@@ -104,9 +109,9 @@ def read_val_csv(path: Path) -> dict[str, list[float]]:
 
 def draw_curve(val: dict[str, list[float]], lines: dict[str, dict[str, float]], path: Path) -> None:
     """Validation PSNR and SSIM per epoch, each baseline's validation score as a dashed line."""
-    from utils.eval.plots import save_figure
-
     import matplotlib.pyplot as plt
+
+    from utils.eval.plots import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric, unit in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ssim", "SSIM")):

@@ -16,18 +16,27 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import (add_common_args, base_spec, check_reference, command_line, environment,  # noqa: E402
-                          ratio, run_both, save_results, speed_flags)
-
 import torch  # noqa: E402
+from bench_common import (  # noqa: E402
+    add_common_args,
+    base_spec,
+    check_reference,
+    command_line,
+    environment,
+    ratio,
+    run_both,
+    save_results,
+    speed_flags,
+)
 
 from utils.core.errors import UserError, run_cli  # noqa: E402
+from utils.core.options import HelpFormatter  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_common_args(parser)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16], help="batch sizes to time")
     parser.add_argument("--repeats", type=int, default=3, help="timed sampler runs per batch size")

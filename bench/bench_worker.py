@@ -26,9 +26,17 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from bench_common import (ROOT, environment, load_split, original_order, peak_rss_mib, perturb_, reference_step,
-                          synchronize, timed)
+from bench_common import (
+    ROOT,
+    environment,
+    load_split,
+    original_order,
+    peak_rss_mib,
+    perturb_,
+    reference_step,
+    synchronize,
+    timed,
+)
 
 
 # ----------------------------------------------------------------------------------------------- shared loops
@@ -102,7 +110,15 @@ def ours(spec: dict) -> dict:
     sys.path.insert(0, str(ROOT))
     from backbones import build_critic, build_generators
     from utils.model.diffusion import Diffusion_Coefficients, Posterior_Coefficients
-    from utils.model.speed import SpeedOptions, autocast_context, fast_sample, make_adam, prepare_generators, prepare_module, prepare_process
+    from utils.model.speed import (
+        SpeedOptions,
+        autocast_context,
+        fast_sample,
+        make_adam,
+        prepare_generators,
+        prepare_module,
+        prepare_process,
+    )
     from utils.train.steps import Batch, Diffusion, Networks, Optimisers, train_step
 
     options = SpeedOptions(**spec["flags"])

@@ -25,9 +25,10 @@ from scipy.ndimage import gaussian_filter
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.data.contrasts import canonical_contrast  # noqa: E402
 from utils.core.errors import UserError, run_cli  # noqa: E402
 from utils.core.fileio import atomic_path, save_text  # noqa: E402
+from utils.core.options import HelpFormatter, spellings  # noqa: E402
+from utils.data.contrasts import canonical_contrast  # noqa: E402
 from utils.data.layouts import BRATS_NAMINGS, LABEL, relabel  # noqa: E402
 
 FOV_MM = 240.0        # BraTS: 240 x 240 x 155 voxels of 1 mm
@@ -619,18 +620,19 @@ def save_figure(volumes: dict[str, np.ndarray], labels: np.ndarray, path: str | 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, help="folder that receives the case folders")
     p.add_argument("--cases", type=int, default=6, help="number of cases")
-    p.add_argument("--size", type=int, default=96, help="voxels across the 240 mm field of view")
+    # --size is pre_process.py's slice size too, so the canonical name here says what it counts.
+    p.add_argument("--volume_size", "--size", dest="size", type=int, default=96,
+                   help="voxels across the 240 mm field of view")
     p.add_argument("--depth", type=int, default=None, help="axial slices (default: 155 mm worth at that spacing)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed + i")
     p.add_argument("--layout", choices=["brats", *BRATS_NAMINGS, "isles"], default="brats",
                    help="brats (= brats2019), brats2021, brats2023: gliomas in that BraTS release's file names and "
                         "label values; isles: infarcts, ISLES 2015 SISS files with DWI")
-    p.add_argument("--skull-strip", action="store_true", help="zero everything outside the brain, as BraTS did")
-    p.add_argument("--no-splits", action="store_true", help="do not write <out>/splits/{train,val,test}.list")
+    p.add_argument(*spellings("skull_strip"), action="store_true", help="zero everything outside the brain, as BraTS did")
+    p.add_argument(*spellings("no_splits"), action="store_true", help="do not write <out>/splits/{train,val,test}.list")
     p.add_argument("--figure", default=None, help="also save a PNG of the first case here")
     p.add_argument("--overwrite", action="store_true", help="replace existing case folders")
     return p

@@ -18,11 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from demo.steps import run_step  # noqa: E402
 from utils.core.artifacts import OUTPUT_DIR_NAME, baseline_output_dir, output_stack  # noqa: E402
 from utils.core.errors import UserError, run_cli  # noqa: E402
+from utils.core.options import HelpFormatter  # noqa: E402
 from utils.data.preprocessing import NORMALIZATIONS  # noqa: E402
 from utils.eval.compare import comparison_table, enhancement_drawn, score_folder  # noqa: E402
-from demo.steps import run_step  # noqa: E402
 
 EXP = "quickstart"
 RECIPE = ROOT / "configs" / "quickstart.json"
@@ -31,7 +32,7 @@ RECIPE = ROOT / "configs" / "quickstart.json"
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--out", default="quickstart_out", help="folder for everything the quickstart writes")
     parser.add_argument("--cases", type=int, default=9, help="phantom cases (split 6/1/2 into train/val/test)")
     parser.add_argument("--slices", type=int, default=24, help="middle axial slices kept per case")
@@ -53,9 +54,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def draw_figure(samples: Path, baseline: Path, source: np.ndarray, source_name: str, target_name: str,
                 path: Path) -> None:
     """Source, baseline, synthesis, truth, error and disagreement for the three test slices with most lesion."""
-    from utils.eval.plots import save_figure
-
     import matplotlib.pyplot as plt
+
+    from utils.eval.plots import save_figure
 
     synth, real = np.load(samples / output_stack("synth")), np.load(samples / output_stack("real"))
     lesion = np.load(samples / output_stack("lesion_mask")) if (samples / output_stack("lesion_mask")).exists() else np.zeros_like(real)

@@ -67,6 +67,29 @@ def synthesis_cli(argv: list[str]) -> Path:
     return run_synthesis(parser.parse_args(argv), parser)
 
 
+def preprocess_cli(argv: list[str]) -> dict[str, int]:
+    """What `python pre_process.py ARGV` does, through the library."""
+    from utils.data.preprocess_options import preprocess_parser
+    from utils.data.preprocessing import preprocess
+
+    return preprocess(preprocess_parser().parse_args(argv))
+
+
+def brasyn_cli(argv: list[str]) -> list[dict]:
+    """What `python brasyn.py ARGV` does, through the library."""
+    from utils.brasyn.options import brasyn_parser
+    from utils.seg.commands import run_brasyn
+
+    return run_brasyn(brasyn_parser().parse_args(argv))
+
+
+def metric_cli(argv: list[str]) -> dict:
+    """What `python metric_calc.py ARGV` does, through the library."""
+    from utils.eval.report import metric_parser, score_and_report
+
+    return score_and_report(metric_parser().parse_args(argv))
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     """The reference folder, or skip when this checkout has none (a user's clone)."""

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import synthesis_cli
+from conftest import metric_cli, synthesis_cli
 
-import metric_calc
 from utils.core.errors import UserError
 from utils.data.brain import brain_pixels
 from utils.data.slices import SliceDataset
@@ -86,7 +85,7 @@ def test_baseline_writes_what_test_py_writes_and_metric_calc_scores_it(data: Pat
     assert len(list((folder / "synth").glob("slice_*.png"))) == 3 and (folder / "mask" / "brain").is_dir()
     record = json.loads((folder / "run.json").read_text())
     assert record["baseline"]["kind"] == "quadratic" and len(record["baseline"]["coefficients"]) == 10
-    metric_calc.main([str(folder), "--no_progress"])
+    metric_cli([str(folder), "--no_progress"])
     summary = json.loads((folder / "metrics" / "metrics_summary.json").read_text())
     assert summary["metrics"]["plain_ssim"]["mean"] > 0.99 and summary["metrics"]["plain_psnr"]["mean"] > 60
 

@@ -9,12 +9,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import save_tiny_experiment
+from conftest import brasyn_cli, save_tiny_experiment
 from skimage.metrics import structural_similarity
 from test_nifti import HEADER_FIELDS
 from test_readme import BRASYN_PAGE, BRASYN_SECTION, is_user_data, make_scratch_repo, readme_commands, run, section_text
 
-import brasyn
 from demo import make_sample_data as phantom
 from utils.brasyn.drop import DROPPED_NAME, balanced_choice
 from utils.brasyn.score import volume_metrics
@@ -69,7 +68,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def dropped(raw: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The four cases with T1ce or FLAIR dropped (seed 3)."""
     root = tmp_path_factory.mktemp("dropped")
-    rows = brasyn.main(["drop", "--input", str(raw), "--out", str(root / "val"), "--truth", str(root / "truth"),
+    rows = brasyn_cli(["drop", "--input", str(raw), "--out", str(root / "val"), "--truth", str(root / "truth"),
                         "--missing", "t1c", "FLAIR", "--seed", "3"])
     return {"root": root, "rows": rows, "val": root / "val", "truth": root / "truth"}
 
@@ -78,7 +77,7 @@ def dropped(raw: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def completed(dropped: dict, models: dict) -> dict:
     """The dropped cases completed with the T1ce and FLAIR experiments."""
     out = dropped["root"] / "completed"
-    rows = brasyn.main(["complete", "--input", str(dropped["val"]), "--models", f"T1ce={models['t1ce']}",
+    rows = brasyn_cli(["complete", "--input", str(dropped["val"]), "--models", f"T1ce={models['t1ce']}",
                         f"flair={models['flair']}", "--out", str(out), "--batch_size", "8", "--device", "cpu"])
     return {"out": out, "rows": rows}
 
@@ -103,7 +102,7 @@ def test_drop_keeps_three_images_and_the_truth_aside(raw: Path, dropped: dict) -
 
 def test_drop_is_seeded(raw: Path, dropped: dict, tmp_path: Path) -> None:
     """The same seed drops the same modalities; the choice follows the seed and stays balanced."""
-    again = brasyn.main(["drop", "--input", str(raw), "--out", str(tmp_path / "v"), "--truth", str(tmp_path / "t"),
+    again = brasyn_cli(["drop", "--input", str(raw), "--out", str(tmp_path / "v"), "--truth", str(tmp_path / "t"),
                          "--missing", "T1ce", "FLAIR", "--seed", "3"])
     assert again == dropped["rows"]
     choices = {tuple(balanced_choice(5, ["T1", "T1ce", "T2", "FLAIR"], seed)) for seed in range(8)}
@@ -117,16 +116,16 @@ def test_drop_split_file_and_overwrite(raw: Path, tmp_path: Path) -> None:
     (tmp_path / "test.list").write_text(f"{CASES[2]}\n{CASES[0]}\n")
     argv = ["drop", "--input", str(raw), "--out", str(tmp_path / "v"), "--truth", str(tmp_path / "t"),
             "--split-file", str(tmp_path / "test.list"), "--missing", "T2"]
-    rows = brasyn.main(argv)
+    rows = brasyn_cli(argv)
     assert [r["case"] for r in rows] == [CASES[2], CASES[0]] and _files(tmp_path / "v") == sorted(CASES[::2])
-    brasyn.main(argv[:-1] + ["T1", "--overwrite"])
+    brasyn_cli(argv[:-1] + ["T1", "--overwrite"])
     assert _files(tmp_path / "v" / CASES[0]) == sorted(_name(CASES[0], c) for c in ("T1ce", "T2", "FLAIR"))
     assert _files(tmp_path / "t" / CASES[0]) == sorted([_name(CASES[0], "T1"), _name(CASES[0], "seg")])
 
 
 def _error(argv: list[str], capsys: pytest.CaptureFixture) -> str:
     """The single `error:` line a command ends with (exit status 2)."""
-    assert run_cli(brasyn.main, argv) == 2
+    assert run_cli(brasyn_cli, argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     return err
@@ -202,7 +201,7 @@ def test_report_counts_slices_outside_the_trained_range(dropped: dict, models: d
     config = json.loads((exp_dir / "config.json").read_text())
     (exp_dir / "config.json").write_text(json.dumps({**config, "train_slice_range": [4, 6]}))
     out = tmp_path / "out"
-    rows = brasyn.main(["complete", "--input", str(dropped["val"] / case), "--models", f"T1ce={exp_dir}", "--out",
+    rows = brasyn_cli(["complete", "--input", str(dropped["val"] / case), "--models", f"T1ce={exp_dir}", "--out",
                         str(out), "--batch_size", "16", "--device", "cpu", "--shared_noise"])
     images = [nib.load(p).get_fdata() for p in find_case_files(dropped["val"] / case, ORDERS["t1ce"][:3]).values()]
     brain = np.flatnonzero(np.any(np.stack([v != 0 for v in images]), axis=0).any(axis=(0, 1)))
@@ -223,8 +222,8 @@ def test_single_case_is_kept_then_redone_identically(dropped: dict, completed: d
     before = nib.load(path).get_fdata()
     argv = ["complete", "--input", str(dropped["val"] / case), "--models", f"T1ce={models['t1ce']}",
             f"FLAIR={models['flair']}", "--out", str(completed["out"]), "--batch_size", "8", "--device", "cpu"]
-    assert [r["status"] for r in brasyn.main(argv)] == ["kept (complete from an earlier run)"]
-    assert [r["status"] for r in brasyn.main(argv + ["--overwrite"])] == ["synthesised"]
+    assert [r["status"] for r in brasyn_cli(argv)] == ["kept (complete from an earlier run)"]
+    assert [r["status"] for r in brasyn_cli(argv + ["--overwrite"])] == ["synthesised"]
     np.testing.assert_array_equal(nib.load(path).get_fdata(), before)
 
 
@@ -237,10 +236,10 @@ def test_epoch_best_uses_the_best_checkpoints(dropped: dict, completed: dict, mo
     argv = ["complete", "--input", str(dropped["val"] / case), "--models", f"T1ce={exp_dir}", "--out",
             str(tmp_path / "out"), "--batch_size", "8", "--device", "cpu", "--epoch", "best"]
     with pytest.raises(UserError, match="_best.pth not found"):
-        brasyn.main(argv)
+        brasyn_cli(argv)
     for index in (1, 2):
         shutil.copy(exp_dir / f"gen_diffusive_{index}.pth", exp_dir / f"gen_diffusive_{index}_best.pth")
-    brasyn.main(argv)
+    brasyn_cli(argv)
     name = _name(case, "T1ce")
     np.testing.assert_array_equal(nib.load(tmp_path / "out" / case / name).get_fdata(),
                                   nib.load(completed["out"] / case / name).get_fdata())
@@ -253,7 +252,7 @@ def test_brats2021_names(models: dict, tmp_path: Path) -> None:
                                naming="brats2021")
     (folder / f"{case}_t1ce.nii.gz").unlink()
     (folder / f"{case}_seg.nii.gz").unlink()
-    brasyn.main(["complete", "--input", str(tmp_path / "val"), "--models", f"T1ce={models['t1ce']}", "--out",
+    brasyn_cli(["complete", "--input", str(tmp_path / "val"), "--models", f"T1ce={models['t1ce']}", "--out",
                  str(tmp_path / "out"), "--batch_size", "16", "--device", "cpu"])
     assert _files(tmp_path / "out" / case) == sorted(f"{case}_{s}.nii.gz" for s in ("t1", "t1ce", "t2", "flair"))
 
@@ -308,7 +307,7 @@ def test_complete_errors_are_one_line(raw: Path, models: dict, tmp_path: Path, c
 
 def test_score_writes_finite_metrics_per_case(dropped: dict, completed: dict, tmp_path: Path) -> None:
     """Every case gets finite SSIM/PSNR in brain, tumour and outside it (and the baseline's); a summary per contrast."""
-    rows = brasyn.main(["score", "--completed", str(completed["out"]), "--truth", str(dropped["truth"]), "--out",
+    rows = brasyn_cli(["score", "--completed", str(completed["out"]), "--truth", str(dropped["truth"]), "--out",
                         str(tmp_path / "metrics")])
     written = _csv(tmp_path / "metrics" / "volume_metrics.csv")
     assert [r["case"] for r in written] == [r["case"] for r in rows] == CASES
@@ -332,14 +331,14 @@ def test_score_coherence_at_the_model_resolution(dropped: dict, completed: dict,
     """--model_resolution N: the coherence columns are computed on N x N axial planes (so they change), the
     original columns keep their values; a resolution below the SSIM window is refused."""
     argv = ["score", "--completed", str(completed["out"]), "--truth", str(dropped["truth"]), "--out"]
-    native = brasyn.main(argv + [str(tmp_path / "native")])
-    model = brasyn.main(argv + [str(tmp_path / "model"), "--model_resolution", "16"])
+    native = brasyn_cli(argv + [str(tmp_path / "native")])
+    model = brasyn_cli(argv + [str(tmp_path / "model"), "--model_resolution", "16"])
     for a, b in zip(native, model):
         assert all(a[k] == b[k] for k in a if k.removeprefix("baseline_") not in COHERENCE_COLUMNS)
         assert a["ssim_coronal"] != b["ssim_coronal"] and a["gradient_ratio"] != b["gradient_ratio"]
     assert json.loads((tmp_path / "model" / "volume_metrics.json").read_text())["coherence_resolution"] == 16
     with pytest.raises(UserError, match="--model_resolution 5 is below"):
-        brasyn.main(argv + [str(tmp_path / "bad"), "--model_resolution", "5"])
+        brasyn_cli(argv + [str(tmp_path / "bad"), "--model_resolution", "5"])
 
 
 def test_score_of_the_truth_itself_is_perfect(dropped: dict, completed: dict, tmp_path: Path) -> None:
@@ -351,7 +350,7 @@ def test_score_of_the_truth_itself_is_perfect(dropped: dict, completed: dict, tm
     for row in dropped["rows"]:
         shutil.copyfile(truth / row["case"] / row["file"], copy / row["case"] / row["file"])
     (truth / CASES[0] / _name(CASES[0], "seg")).unlink()
-    rows = brasyn.main(["score", "--completed", str(copy), "--truth", str(truth), "--out", str(tmp_path / "m")])
+    rows = brasyn_cli(["score", "--completed", str(copy), "--truth", str(truth), "--out", str(tmp_path / "m")])
     for row in rows:
         assert row["ssim_brain"] == pytest.approx(1) and row["psnr_brain"] == math.inf
         assert row["ssim_coronal"] == pytest.approx(1) and row["gradient_ratio"] == pytest.approx(1)

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import metric_cli
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torchvision.utils import save_image
 
-import metric_calc
 from utils.core.errors import UserError, run_cli
 from utils.core.fileio import natural_key, save_npy
 from utils.data.images import read_image, read_mask, save_png16
@@ -272,7 +272,7 @@ def test_metric_calc_on_a_results_folder_prints_the_original_numbers(metric_ref:
     """metric_calc.py on a results folder built from the fixture's outputs prints, and writes per slice, the
     original's numbers (path 'png') from the float stacks; the 16-bit PNGs give nearly the same 8-bit images."""
     write_fixture_results(metric_ref, tmp_path / "exp" / "generated_samples")
-    assert run_cli(metric_calc.main, [str(tmp_path / "exp"), "--no_progress"]) == 0
+    assert run_cli(metric_cli, [str(tmp_path / "exp"), "--no_progress"]) == 0
     printed = capsys.readouterr().out
     expected = metric_ref["expected"]["png"]
     out = tmp_path / "exp" / "generated_samples" / "metrics"
@@ -312,7 +312,7 @@ def test_the_originals_own_files_score_as_it_scored_them(metric_ref: dict, tmp_p
             save_png8(mask, tmp_path / region / f"test_samples_{i}.png")
     argv = ["--real", str(tmp_path / "real"), "--synth", str(tmp_path / "synth"), "--mask", str(tmp_path / "brain"),
             "--lesion_mask", str(tmp_path / "lesion"), "--out", str(tmp_path / "out"), "--no_progress"]
-    assert run_cli(metric_calc.main, argv) == 0
+    assert run_cli(metric_cli, argv) == 0
     assert_original_numbers(csv_scores(tmp_path / "out" / "metrics_per_slice.csv"), metric_ref["expected"][kind])
 
 
@@ -405,7 +405,7 @@ def write_results_folder(root: Path, count: int = 3, stacks: bool = True) -> tup
 def test_cli_on_results_folder_writes_outputs_and_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """metric_calc on test.py's folder prints every protocol's table row and writes CSV, JSON, PNG and .npy files."""
     real, synth, folder = write_results_folder(tmp_path)
-    assert run_cli(metric_calc.main, [str(tmp_path / "exp"), "--no_progress"]) == 0
+    assert run_cli(metric_cli, [str(tmp_path / "exp"), "--no_progress"]) == 0
     printed = capsys.readouterr().out
     for text in ("Whole brain (paper protocol", "Lesion only (paper protocol", "Plain ([0, 1]", "scikit-image",
                  ".npy stacks", "2 empty masks skipped"):
@@ -445,7 +445,7 @@ def test_cli_real_synth_folders_with_original_jpeg_names(tmp_path: Path, capsys:
         save_png8(brain.astype(np.float64), tmp_path / "mask" / f"test_samples_{i}.png")
     argv = ["--real", str(tmp_path / "real"), "--synth", str(tmp_path / "synth"), "--mask", str(tmp_path / "mask"),
             "--out", str(tmp_path / "out"), "--no_progress"]
-    assert run_cli(metric_calc.main, argv) == 0
+    assert run_cli(metric_cli, argv) == 0
     assert "Whole brain (paper protocol" in capsys.readouterr().out
     assert (tmp_path / "out" / "psnr_values.npy").is_file()
     assert not (tmp_path / "out" / "psnr_values_lesion.npy").exists()
@@ -469,7 +469,7 @@ def test_cli_bad_inputs_give_one_line_errors(tmp_path: Path, capsys: pytest.Capt
         save_png16(np.zeros((9, 8) if case == "shape" else (8, 8)), tmp_path / "synth" / other)
     argv = {"missing": [str(tmp_path / "nowhere")], "no_args": []}.get(
         case, ["--real", str(tmp_path / "real"), "--synth", str(tmp_path / "synth")])
-    assert run_cli(metric_calc.main, argv + ["--no_progress"]) == 2
+    assert run_cli(metric_cli, argv + ["--no_progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
 
@@ -517,7 +517,7 @@ def test_corrupt_files_give_one_line_and_no_output(tmp_path: Path, capsys: pytes
         _damage(bad, how)
         out = tmp_path / "out"
         argv = ["--real", str(tmp_path / "real"), "--synth", str(tmp_path / "synth"), "--out", str(out)]
-    assert run_cli(metric_calc.main, argv + ["--no_progress"]) == 2
+    assert run_cli(metric_cli, argv + ["--no_progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and str(bad) in err and "\n" not in err
     assert not out.exists()

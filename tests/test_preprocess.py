@@ -9,14 +9,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import NIFTI_DAMAGE, damage_nifti, preprocess_cli
 from skimage.transform import resize
 
-import pre_process
 import utils.data.preprocessing as preprocessing
-from conftest import NIFTI_DAMAGE, damage_nifti
 from demo import make_sample_data as phantom
 from utils.core.errors import UserError
 from utils.data.layouts import BRATS_NAMINGS, match_brats_file, relabel
+from utils.data.preprocess_options import preprocess_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, DEPTH, SLICES, OUT_SIZE = 48, 24, 8, 64
@@ -46,15 +46,15 @@ def brats_root(tmp_path_factory) -> Path:
 def brats_out(brats_root: Path) -> Path:
     """The BraTS phantom preprocessed in-process."""
     out = brats_root / "out"
-    pre_process.main(["--layout", "brats", "--input", str(brats_root / "cases"), "--split-file",
+    preprocess_cli(["--layout", "brats", "--input", str(brats_root / "cases"), "--split-file",
                       str(brats_root / "splits"), "--output", str(out), "--slices", str(SLICES), "--size",
                       str(OUT_SIZE)])
     return out
 
 
 def _run(cases: Path, out: Path, splits: Path, *extra: str) -> dict:
-    """pre_process.main on a BraTS-layout folder."""
-    return pre_process.main(["--layout", "brats", "--input", str(cases), "--split-file", str(splits), "--output",
+    """preprocess_cli on a BraTS-layout folder."""
+    return preprocess_cli(["--layout", "brats", "--input", str(cases), "--split-file", str(splits), "--output",
                              str(out), "--slices", str(SLICES), "--size", str(OUT_SIZE), *extra])
 
 
@@ -203,7 +203,7 @@ def test_later_brats_names_give_the_same_arrays(brats_out: Path, tmp_path: Path,
     for i, case in enumerate(CASES):
         phantom.make_case(renamed[case], tmp_path / "cases", size=SIZE, seed=i, depth=DEPTH, naming=naming)
     lists = _write_lists(tmp_path / "lists", {k: [renamed[c] for c in v] for k, v in SPLITS.items()})
-    pre_process.main(["--layout", layout, "--input", str(tmp_path / "cases"), "--split-file", str(lists), "--output",
+    preprocess_cli(["--layout", layout, "--input", str(tmp_path / "cases"), "--split-file", str(lists), "--output",
                       str(tmp_path / "out"), "--slices", str(SLICES), "--size", str(OUT_SIZE)])
     for split in SPLITS:
         for name in ("T1.npy", "T1ce.npy", "T2.npy", "FLAIR.npy", "lesion_mask.npy", "brain_mask.npy"):
@@ -251,7 +251,7 @@ def test_isles_layout(tmp_path: Path) -> None:
     for n in (1, 2, 3):
         phantom.make_isles_case(n, tmp_path / "SISS2015_Training", size=SIZE, seed=n, depth=DEPTH)
     lists = _write_lists(tmp_path / "lists", {"train": ["1", "03"], "test": ["2"]})
-    pre_process.main(["--layout", "isles", "--input", str(tmp_path), "--split-file", str(lists), "--output",
+    preprocess_cli(["--layout", "isles", "--input", str(tmp_path), "--split-file", str(lists), "--output",
                       str(tmp_path / "out"), "--slices", str(SLICES), "--size", str(OUT_SIZE)])
     train = tmp_path / "out" / "train"
     assert sorted(p.name for p in train.glob("*.npy")) == ["DWI.npy", "FLAIR.npy", "T1.npy", "T2.npy",
@@ -274,7 +274,7 @@ def _contrast_folders(root: Path, cases_dir: Path, cases: list[str]) -> Path:
 def test_folders_layout_pairs_by_name(brats_root: Path, brats_out: Path, tmp_path: Path) -> None:
     """A folder per contrast gives canonical file names and exactly the BraTS-layout arrays for the same cases."""
     folders = _contrast_folders(tmp_path / "folders", brats_root / "cases", CASES)
-    pre_process.main(["--layout", "folders", "--input", str(folders), "--split-file", str(brats_root / "splits"),
+    preprocess_cli(["--layout", "folders", "--input", str(folders), "--split-file", str(brats_root / "splits"),
                       "--output", str(tmp_path / "out"), "--slices", str(SLICES), "--size", str(OUT_SIZE)])
     for split in SPLITS:
         for name in ("T1.npy", "T1ce.npy", "T2.npy", "FLAIR.npy", "lesion_mask.npy"):
@@ -286,7 +286,7 @@ def test_folders_layout_with_split_subfolders(brats_root: Path, tmp_path: Path) 
     """train/ and test/ sub-folders, each with contrast folders, become those splits without any list."""
     _contrast_folders(tmp_path / "in" / "train", brats_root / "cases", CASES[:3])
     _contrast_folders(tmp_path / "in" / "test", brats_root / "cases", CASES[3:])
-    counts = pre_process.main(["--layout", "folders", "--input", str(tmp_path / "in"), "--output",
+    counts = preprocess_cli(["--layout", "folders", "--input", str(tmp_path / "in"), "--output",
                                str(tmp_path / "out"), "--slices", str(SLICES), "--size", str(OUT_SIZE),
                                "--contrasts", "flair", "T1"])
     assert counts == {"test": SLICES, "train": 3 * SLICES}
@@ -299,7 +299,7 @@ def test_folders_with_unmatched_names_are_refused(brats_root: Path, tmp_path: Pa
     folders = _contrast_folders(tmp_path / "f", brats_root / "cases", CASES[:2])
     (folders / "T2" / f"{CASES[1]}_t2.nii.gz").rename(folders / "T2" / "zz_other_t2.nii.gz")
     with pytest.raises(UserError, match="do not match"):
-        pre_process.main(["--layout", "folders", "--input", str(folders), "--split", "test", "--output",
+        preprocess_cli(["--layout", "folders", "--input", str(folders), "--split", "test", "--output",
                           str(tmp_path / "out"), "--slices", str(SLICES)])
 
 
@@ -478,7 +478,7 @@ def test_slices_all_keeps_every_slice_with_brain(tmp_path: Path) -> None:
         phantom.make_case(case, tmp_path / "cases", size=32, seed=i, skull_strip=True)
     splits = _write_lists(tmp_path / "splits", {"train": ids[:2], "val": ids[2:]})
     argv = ["--layout", "brats", "--input", str(tmp_path / "cases"), "--split-file", str(splits), "--size", "32"]
-    counts = pre_process.main(argv + ["--output", str(tmp_path / "all"), "--slices", "all"])
+    counts = preprocess_cli(argv + ["--output", str(tmp_path / "all"), "--slices", "all"])
     ranges = {case: _brain_rows(tmp_path / "cases" / case) for case in ids}
     depth = nib.load(str(tmp_path / "cases" / ids[0] / f"{ids[0]}_t1.nii.gz")).shape[2]
     assert all(0 < r.start or r.stop < depth for r in ranges.values())  # some slices without brain to leave out
@@ -498,7 +498,7 @@ def test_slices_all_keeps_every_slice_with_brain(tmp_path: Path) -> None:
     assert info["slices_per_case"] == "all" and info["slice_range"] == [first, last]
     assert "first to the last with brain" in info["recipe"]
     assert preprocessing.split_slice_range(tmp_path / "all" / "train") == [first, last]
-    pre_process.main(argv + ["--output", str(tmp_path / "mid"), "--slices", "6"])
+    preprocess_cli(argv + ["--output", str(tmp_path / "mid"), "--slices", "6"])
     middle = [(depth - 6) // 2, (depth - 6) // 2 + 5]
     assert json.loads((tmp_path / "mid" / "val" / "preprocess.json").read_text())["slice_range"] == middle
     assert preprocessing.split_slice_range(tmp_path / "mid" / "val") == middle
@@ -514,7 +514,7 @@ def test_slice_range_of_older_splits(tmp_path: Path) -> None:
 
 def test_slices_option_takes_a_count_or_all(brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """--slices accepts N or all; anything else is an argparse error naming both forms."""
-    assert pre_process.build_parser().parse_args(["--input", "x", "--output", "y", "--slices", "all"]).slices == "all"
+    assert preprocess_parser().parse_args(["--input", "x", "--output", "y", "--slices", "all"]).slices == "all"
     with pytest.raises(SystemExit):
-        pre_process.build_parser().parse_args(["--input", "x", "--output", "y", "--slices", "most"])
+        preprocess_parser().parse_args(["--input", "x", "--output", "y", "--slices", "most"])
     assert "neither a number of slices nor 'all'" in capsys.readouterr().err

@@ -10,9 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import save_tiny_experiment
+from conftest import brasyn_cli, save_tiny_experiment
 
-import brasyn
 from demo import make_sample_data as phantom
 from utils.core.errors import UserError, run_cli
 from utils.data.layouts import BRATS_CONTRASTS, relabel
@@ -38,7 +37,7 @@ def _name(case: str, kind: str) -> str:
 
 def _error(argv: list[str], capsys: pytest.CaptureFixture) -> str:
     """The single `error:` line a command ends with (exit status 2)."""
-    assert run_cli(brasyn.main, argv) == 2
+    assert run_cli(brasyn_cli, argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     return err
@@ -53,9 +52,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         phantom.make_case(case, root / ("train" if case in TRAIN else "raw"), size=SIZE, seed=i, depth=DEPTH,
                           skull_strip=True, naming=naming)
     save_tiny_experiment(root / "t1ce", contrasts=("FLAIR", "T2", "T1", "T1ce"))
-    brasyn.main(["drop", "--input", str(root / "raw"), "--out", str(root / "val"), "--truth", str(root / "truth"),
+    brasyn_cli(["drop", "--input", str(root / "raw"), "--out", str(root / "val"), "--truth", str(root / "truth"),
                  "--missing", "T1ce"])
-    brasyn.main(["complete", "--input", str(root / "val"), "--models", f"T1ce={root / 't1ce'}", "--out",
+    brasyn_cli(["complete", "--input", str(root / "val"), "--models", f"T1ce={root / 't1ce'}", "--out",
                  str(root / "completed"), "--batch_size", "8", "--device", "cpu"])
     return {k: root / k for k in ("train", "raw", "truth", "completed")} | {"root": root}
 
@@ -124,7 +123,7 @@ def test_input_versions_differ_only_in_the_missing_channel(data: dict) -> None:
 def test_nnunet_export(data: dict, tmp_path: Path) -> None:
     """<case>_0000..0003 = T1, T1ce, T2, FLAIR (Dataset137's order), labels 1 ED / 2 NCR / 3 ET, dataset.json."""
     out = tmp_path / "Dataset900_BraSyn"
-    rows = brasyn.main(["export", "--completed", str(data["completed"]), "--truth", str(data["truth"]),
+    rows = brasyn_cli(["export", "--completed", str(data["completed"]), "--truth", str(data["truth"]),
                         "--out", str(out)])
     assert [r["case"] for r in rows] == HELD
     assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "imagesTs", "labelsTs"]
@@ -148,7 +147,7 @@ def test_nnunet_export(data: dict, tmp_path: Path) -> None:
                               "enhancing tumor": [3]}
     assert spec["regions_class_order"] == [1, 2, 3] and spec["file_ending"] == ".nii.gz"
     assert spec["numTraining"] == 0
-    brasyn.main(["export", "--completed", str(data["completed"]), "--truth", str(data["truth"]), "--out",
+    brasyn_cli(["export", "--completed", str(data["completed"]), "--truth", str(data["truth"]), "--out",
                  str(tmp_path / "tr"), "--as-training"])
     assert json.loads((tmp_path / "tr" / "dataset.json").read_text())["numTraining"] == len(HELD)
     assert sorted(p.name for p in (tmp_path / "tr" / "labelsTr").iterdir()) == [f"{c}.nii.gz" for c in HELD]
@@ -158,7 +157,7 @@ def test_segment_end_to_end(data: dict, tmp_path: Path) -> None:
     """Train 2 epochs, score 2 cases x 4 versions x 2 conventions; the saved segmenter scores again identically."""
     out = tmp_path / "seg"
     base = ["segment", "--truth", str(data["truth"]), "--completed", str(data["completed"])]
-    rows = brasyn.main(base + ["--train", str(data["train"]), "--out", str(out), *TINY])
+    rows = brasyn_cli(base + ["--train", str(data["train"]), "--out", str(out), *TINY])
     assert len(rows) == len(HELD) * 4 * 2
     assert {(r["case"], r["version"], r["convention"]) for r in rows} == {
         (c, v, k) for c in HELD for v in ("real", "completed", "copy", "zero") for k in ("2019", "2023")}
@@ -182,7 +181,7 @@ def test_segment_end_to_end(data: dict, tmp_path: Path) -> None:
     assert saved["config"]["channels"] == [4, 8] and saved["config"]["image_size"] == 32
     network, config = load_segmenter(out / "segmenter.pt")
     assert config.contrasts == list(BRATS_CONTRASTS)
-    again = brasyn.main(base + ["--segmenter", str(out / "segmenter.pt"), "--out", str(tmp_path / "again"),
+    again = brasyn_cli(base + ["--segmenter", str(out / "segmenter.pt"), "--out", str(tmp_path / "again"),
                                 "--device", "cpu", "--batch_size", "8"])
     assert again == rows
 

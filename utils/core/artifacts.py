@@ -143,3 +143,9 @@ def output_stack(name: str) -> str:
 def slice_name(index: int) -> str:
     """File stem of dataset slice `index` (the same in every output folder)."""
     return f"slice_{index:05d}"
+
+
+# --- The segmentation check folder (brasyn.py segment --out) ---------------------------------------------------------
+SEG_REPORT_NAME = "segmentation_metrics"  # <out>/segmentation_metrics.{csv,json}
+SEG_FIGURE_NAME = "segmentation_dice.png"
+SEGMENTER_NAME = "segmenter.pt"  # the trained segmenter, reused with --segmenter

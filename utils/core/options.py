@@ -35,14 +35,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
         """Show one spelling: the aliases (other-style spellings, the original's names) still parse."""
-        if not action.option_strings or len(action.option_strings) == 1:
+        if len(action.option_strings) < 2 or isinstance(action, argparse._HelpAction):
             return super()._format_action_invocation(action)
         return super()._format_action_invocation(argparse.Action([action.option_strings[0]], action.dest,
                                                                  nargs=action.nargs, metavar=action.metavar))
 
     def _get_help_string(self, action: argparse.Action) -> str:
         """Append the default, except for unset ones (None) and plain switches (False)."""
-        if action.default in (None, False, argparse.SUPPRESS) or isinstance(action, argparse._StoreFalseAction):
+        # Identity, not equality: a default of 0 is worth showing, and 0 == False.
+        if any(action.default is unset for unset in (None, False, argparse.SUPPRESS)) or isinstance(
+                action, argparse._StoreFalseAction):
             return action.help or ""
         return super()._get_help_string(action)
 
@@ -190,7 +192,7 @@ def add_train_control_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_speed_args(parser: argparse.ArgumentParser, training: bool = False) -> None:
-    """Speed options (all off by default = the faithful computation); see utils/model/speed.py and the README's Speed."""
+    """Speed options (all off by default = the faithful computation); see utils/model/speed.py and docs/speed.md."""
     g = parser.add_argument_group("speed (off by default; results then match the original's computation)")
     g.add_argument("--amp", action="store_true", default=False,
                    help="bfloat16 autocast (fast on recent GPUs; on CPUs without AMX it is slower)")

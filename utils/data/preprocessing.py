@@ -166,7 +166,7 @@ def _labels_in_use(split: str, cases: list[Case], no_labels: bool) -> bool:
     unlabelled = [c.case_id for c in cases if c.label is None]
     if unlabelled and len(unlabelled) < len(cases):
         raise UserError(f"split {split}: case {', '.join(unlabelled[:3])} has no lesion label while other cases do; "
-                        "add the label files or pass --no-labels")
+                        "add the label files or pass --no_labels")
     return not unlabelled
 
 
@@ -367,7 +367,7 @@ def preprocess(args: argparse.Namespace) -> dict[str, int]:
             raise UserError("pass --layout brats|isles|folders (or --dataset brats|isles, which implies it)")
         args.layout = args.dataset
     if (args.slices != ALL_SLICES and args.slices < 1) or args.size < 1 or args.workers < 1:
-        raise UserError(f"--slices (or '{ALL_SLICES}'), --size and --workers must be positive")
+        raise UserError(f"--slices (or '{ALL_SLICES}'), --image_size and --workers must be positive")
     plan = plan_splits(args)
     if not plan:
         raise UserError("the split lists name no cases; put case ids (one a line) into them")

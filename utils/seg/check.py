@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from utils.brasyn.cases import _check_apart
+from utils.core.artifacts import SEG_FIGURE_NAME, SEG_REPORT_NAME, SEGMENTER_NAME
 from utils.core.errors import UserError
 from utils.core.fileio import save_csv, save_json
 from utils.core.runtime import resolve_device, seed_everything
@@ -26,7 +27,6 @@ from utils.seg.cases import (
 from utils.seg.labels import CONVENTIONS, REGIONS, from_classes, region_labels, region_masks
 from utils.seg.metrics import SEG_METRICS, RegionScorer
 from utils.seg.network import SegmenterConfig, load_segmenter, save_segmenter
-from utils.seg.options import SEG_FIGURE_NAME, SEG_REPORT_NAME, SEGMENTER_NAME
 from utils.seg.report import plot_dice, summarise, table
 from utils.seg.slices import classes_on_grid, image_slices, slice_range
 from utils.seg.training import train_segmenter, training_slices

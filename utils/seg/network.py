@@ -7,11 +7,12 @@ from pathlib import Path
 import torch
 from monai.networks.nets import UNet
 
+from utils.brasyn.options import DEFAULT_CHANNELS
+from utils.core.artifacts import SEGMENTER_NAME
 from utils.core.errors import UserError
 from utils.core.fileio import save_torch
 from utils.data.layouts import BRATS_CONTRASTS
 from utils.seg.labels import CLASSES
-from utils.seg.options import DEFAULT_CHANNELS, SEGMENTER_NAME
 
 SEGMENTER_FORMAT = "brasyn-segmenter/1"  # stamped into the file; a different stamp is refused on load
 

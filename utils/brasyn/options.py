@@ -1,0 +1,99 @@
+"""brasyn.py's options, defined once: the script, docs/cli and the tests build its parser from here."""
+from __future__ import annotations
+
+import argparse
+
+from utils.core.artifacts import SEG_FIGURE_NAME, SEG_REPORT_NAME, SEGMENTER_NAME
+from utils.core.options import HelpFormatter, add_speed_args, add_volume_sampling_args, epoch_choice, spellings
+from utils.data.layouts import BRATS_CONTRASTS, BRATS_NAMINGS
+
+DEFAULT_CHANNELS = (16, 32, 64, 128)  # the segmenter's U-Net widths: small enough to train on a CPU in minutes
+
+
+def brasyn_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """brasyn.py's parser: the five subcommands and their options."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{drop,complete,score,segment,export}")
+    kwargs = {"formatter_class": HelpFormatter}
+
+    drop = commands.add_parser("drop", help="make BraSyn-style cases (one modality dropped) from complete ones",
+                               **kwargs)
+    drop.add_argument("--input", "--input_path", dest="input", required=True,
+                      help="complete BraTS cases (2019, 2021 or 2023 names)")
+    drop.add_argument("--out", "--output_path", dest="out", required=True,
+                  help="where the BraSyn-style case folders (three images) go")
+    drop.add_argument("--truth", required=True, help="where the dropped images and segmentations go, per case")
+    drop.add_argument("--layout", choices=["brats", *BRATS_NAMINGS], default="brats",
+                      help="naming of --input: brats recognises every release's names")
+    drop.add_argument(*spellings("split_file"), nargs="+", default=None, metavar="PATH",
+                      help="use only the cases of these .list files (e.g. your test split); default: all cases")
+    drop.add_argument("--missing", nargs="+", default=list(BRATS_CONTRASTS), metavar="CONTRAST",
+                      help="modalities that may be dropped (each about equally often)")
+    drop.add_argument("--seed", type=int, default=0, help="seed of the choice of the dropped modality")
+    drop.add_argument("--overwrite", action="store_true", help="replace case folders in --out and --truth")
+
+    complete = commands.add_parser("complete", help="synthesise each case's missing modality", **kwargs)
+    complete.add_argument("--input", "--input_path", dest="input", required=True,
+                          help="a folder of BraSyn case folders (each missing one modality), or one case folder")
+    complete.add_argument("--models", nargs="+", required=True, metavar="TARGET=EXP_DIR",
+                          help="the experiment (train.py's folder) that synthesises each target, e.g. "
+                               "T1ce=results/exp_t1ce FLAIR=results/exp_flair")
+    complete.add_argument("--out", "--output_path", dest="out", required=True,
+                      help="where the completed case folders and the report go")
+    complete.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    complete.add_argument("--batch_size", type=int, default=4, help="slices synthesised per forward pass")
+    complete.add_argument("--seed", type=int, default=1024, help="sampling seed (set again for every case)")
+    complete.add_argument("--epoch", type=epoch_choice, default=None,
+                          help="use every experiment's gen_diffusive_{1,2}_EPOCH.pth, or best: "
+                               "gen_diffusive_{1,2}_best.pth (default: gen_diffusive_{1,2}.pth, the latest)")
+    complete.add_argument("--overwrite", action="store_true",
+                          help="redo cases already complete in --out (by default they are kept)")
+    add_volume_sampling_args(complete)
+    add_speed_args(complete)
+
+    score = commands.add_parser("score", help="volume SSIM and PSNR of the syntheses against the truth", **kwargs)
+    score.add_argument("--completed", required=True, help="the folder brasyn.py complete wrote")
+    score.add_argument("--truth", required=True, help="the folder brasyn.py drop kept the dropped images in")
+    score.add_argument("--out", "--output_path", dest="out", required=True,
+                   help="where volume_metrics.csv and volume_metrics.json go")
+    score.add_argument("--model_resolution", type=int, default=None, metavar="N",
+                       help="compute the 3-D coherence columns (per-plane SSIM, slice brightness, gradient ratio) "
+                            "with each axial plane resized to N x N first, the model's --image_size; unset, on the "
+                            "volumes' own grid; the other columns are unchanged")
+    add_segment_args(commands.add_parser("segment", help="Dice and HD95 of a segmenter on real, completed, copied "
+                                                         "and zero-filled inputs", **kwargs))
+    add_export_args(commands.add_parser("export", help="completed cases in nnU-Net v2 naming, with dataset.json",
+                                        **kwargs))
+    return parser
+
+
+def add_segment_args(parser: argparse.ArgumentParser) -> None:
+    """brasyn.py segment's options."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--train", help="complete BraTS cases with seg files (any release's names) to train the "
+                                        "segmenter on: the training split, never the held-out cases")
+    source.add_argument("--segmenter", help=f"a {SEGMENTER_NAME} an earlier run wrote: score again without training")
+    parser.add_argument("--truth", required=True, help="the folder brasyn.py drop kept the dropped images and segs in")
+    parser.add_argument("--completed", required=True, help="the folder brasyn.py complete wrote")
+    parser.add_argument("--out", "--output_path", dest="out", required=True,
+                        help=f"where {SEG_REPORT_NAME}.csv/.json, {SEG_FIGURE_NAME} and {SEGMENTER_NAME} go")
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs over every brain slice")
+    parser.add_argument("--batch_size", type=int, default=16, help="slices per training step and per prediction")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--image_size", type=int, default=128, help="axial slices are resized to this square size")
+    parser.add_argument("--channels", type=int, nargs="+", default=list(DEFAULT_CHANNELS),
+                        help="U-Net widths per level (each level halves the size)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, the shuffling and the flips")
+
+
+def add_export_args(parser: argparse.ArgumentParser) -> None:
+    """brasyn.py export's options."""
+    parser.add_argument("--completed", required=True, help="the folder brasyn.py complete wrote")
+    parser.add_argument("--out", "--output_path", dest="out", required=True, help="the nnU-Net dataset folder (e.g. "
+                                                     "$nnUNet_raw/Dataset900_BraSynCompleted)")
+    parser.add_argument("--truth", default=None, help="the folder brasyn.py drop kept the segs in: also write the "
+                                                      "labels (nnU-Net's BraTS values)")
+    parser.add_argument(*spellings("as_training"), action="store_true",
+                        help="write imagesTr/ and labelsTr/ (needs --truth) instead of imagesTs/ and labelsTs/")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
