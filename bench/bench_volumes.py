@@ -1,0 +1,311 @@
+"""Volume benchmark: do whole completed volumes hold together and segment like the real ones? Phantom data.
+
+    python bench/bench_volumes.py --steps 504 --threads 2
+
+Makes phantom cases in BraTS 2023 naming with split lists (demo/make_sample_data.py), preprocesses them
+(--normalize median), trains the small-budget recipe (configs/quickstart.json unless --config) for about --steps
+generator steps, drops T1ce from the test split's cases (brasyn.py drop) and completes them twice (brasyn.py
+complete, without and with --shared_noise). Each completion is scored against the truth at the model's resolution
+(brasyn.py score --model_resolution) and segmented (brasyn.py segment, a U-Net trained on the training split's
+cases, the same one for both). Writes --out/volumes.json (every summary and the goals as booleans) and
+--out/volumes.png (axial, coronal and sagittal planes through one case's lesion centre).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from demo.steps import ROOT, run_step  # noqa: E402
+from utils.brasyn.cases import (  # noqa: E402
+    BASELINE_SOURCE,
+    case_folders,
+    pair_with_completed,
+    read_case_folder,
+)
+from utils.brasyn.complete import REPORT_NAME  # noqa: E402
+from utils.brasyn.score import METRICS_NAME  # noqa: E402
+from utils.core.artifacts import CONFIG_NAME, SEG_REPORT_NAME, SEGMENTER_NAME  # noqa: E402
+from utils.core.errors import UserError, run_cli  # noqa: E402
+from utils.core.fileio import save_json  # noqa: E402
+from utils.core.options import ArgumentParser  # noqa: E402
+from utils.data.nifti_io import load_case_volume, load_label  # noqa: E402
+from utils.eval.coherence import COHERENCE_COLUMNS, PLANES  # noqa: E402
+from utils.eval.metrics import percentile_minmax  # noqa: E402
+
+EXP = "volumes"
+MISSING = "T1ce"
+# The two completions: every slice with fresh sampler noise (the original's way), and one draw per volume.
+VARIANTS = {"independent_noise": [], "shared_noise": ["--shared_noise"]}
+# The label convention the goals read (the phantom cases carry BraTS 2023 names and labels; regions agree in both).
+CONVENTION = "2023"
+GOALS = {
+    "dice_ET_completed_ge_90pct_real": "ET Dice of the completed cases >= 0.90 x that of the real images",
+    "dice_ET_completed_above_copy_and_zero": "ET Dice of the completed cases above the T1 copy's and the zeros'",
+    "dice_TC_completed_ge_90pct_real": "TC Dice of the completed cases >= 0.90 x that of the real images",
+    "dice_TC_completed_above_copy_and_zero": "TC Dice of the completed cases above the T1 copy's and the zeros'",
+    "dice_WT_completed_ge_95pct_real": "WT Dice of the completed cases >= 0.95 x that of the real images",
+    "ssim_coronal_within_0.01_of_axial": "|mean ssim_coronal - mean ssim_axial| <= 0.01",
+    "ssim_sagittal_within_0.01_of_axial": "|mean ssim_sagittal - mean ssim_axial| <= 0.01",
+    "gradient_ratio_within_2pct": "|mean gradient_ratio - 1| <= 0.02 (through-plane smoothness as the truth's)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "volumes"), help="output folder")
+    parser.add_argument("--config", default=str(ROOT / "configs" / "quickstart.json"),
+                        help="training recipe (train.py --config)")
+    parser.add_argument("--steps", type=int, default=504, help="generator steps to train (rounded up to epochs)")
+    parser.add_argument("--cases", type=int, default=9, help="phantom cases (split about 65/15/20 %%)")
+    parser.add_argument("--volume_size", type=int, default=96, help="phantom voxels across the field of view")
+    parser.add_argument("--slices", type=int, default=24, help="middle axial slices per case for training")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first phantom case")
+    parser.add_argument("--seg_epochs", type=int, default=10, help="brasyn.py segment --epochs")
+    parser.add_argument("--seg_image_size", type=int, default=64, help="brasyn.py segment --image_size")
+    parser.add_argument("--seg_channels", type=int, nargs="+", default=None,
+                        help="brasyn.py segment --channels (default: segment's own)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for every step")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one, else the CPU), cpu, cuda "
+                        "or cuda:N")
+    return parser
+
+
+def recipe_batch(config: Path) -> int:
+    """The recipe's batch_size (UserError when the file or the key is missing)."""
+    if not config.is_file():
+        raise UserError(f"--config {config}: no such file")
+    values = json.loads(config.read_text())
+    if "batch_size" not in values:
+        raise UserError(f"{config} sets no 'batch_size'; the volume benchmark needs it")
+    return int(values["batch_size"])
+
+
+def copy_training_cases(cases: Path, dest: Path) -> None:
+    """The training split's case folders copied to `dest`, the segmenter's --train (never a held-out case)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    for name in (cases / "splits" / "train.list").read_text().split():
+        shutil.copytree(cases / name, dest / name)
+
+
+def prepare(args: argparse.Namespace, config: Path, out: Path) -> dict:
+    """Phantom cases -> slices -> a trained experiment -> T1ce dropped from the test split; timings and numbers."""
+    cases, slices = out / "cases", out / "slices"
+    timings = {"phantom": run_step("phantom cases (BraTS 2023 names)", "demo/make_sample_data.py",
+                                   ["--out", cases, "--layout", "brats2023", "--cases", args.cases, "--volume_size",
+                                    args.volume_size, "--seed", args.seed, "--skull_strip", "--overwrite"])}
+    timings["preprocess"] = run_step("preprocessing", "pre_process.py",
+                                     ["--layout", "brats2023", "--input", cases, "--split_file", cases / "splits",
+                                      "--output", slices, "--slices", args.slices, "--image_size", 64,
+                                      "--normalize", "median", "--overwrite"])
+    train_slices = len(np.load(slices / "train" / "T1ce.npy", mmap_mode="r"))
+    per_epoch = train_slices // recipe_batch(config)
+    if per_epoch < 1:
+        raise UserError(f"the recipe's batch is larger than the {train_slices} training slices")
+    epochs = max(1, math.ceil(args.steps / per_epoch))
+    timings["train"] = run_step(f"training {epochs} epochs of {per_epoch} steps", "train.py",
+                                ["--config", config, "--input_path", slices, "--output_path", out / "results",
+                                 "--exp", EXP, "--num_epoch", epochs, "--save_ckpt_every", epochs, "--device",
+                                 args.device, "--num_workers", 0, "--overwrite"])
+    timings["drop"] = run_step(f"{MISSING} dropped from the test cases", "brasyn.py",
+                               ["drop", "--input", cases, "--split_file", cases / "splits" / "test.list",
+                                "--missing", MISSING, "--out", out / "brasyn" / "val", "--truth",
+                                out / "brasyn" / "truth", "--overwrite"])
+    copy_training_cases(cases, out / "seg_train")
+    return {"seconds": timings, "epochs": epochs, "steps": epochs * per_epoch, "train_slices": train_slices}
+
+
+def complete_variant(args: argparse.Namespace, out: Path, variant: str, resolution: int, segmenter: Path | None
+                     ) -> dict[str, float]:
+    """Complete, score and segment one variant into out/<variant>/; the seconds of each step."""
+    folder, brasyn = out / variant, out / "brasyn"
+    timings = {"complete": run_step(f"completion, {variant.replace('_', ' ')}", "brasyn.py",
+                                    ["complete", "--input", brasyn / "val", "--models",
+                                     f"{MISSING}={out / 'results' / EXP}",
+                                     "--out", folder / "completed", "--epoch", "best", "--device", args.device,
+                                     *VARIANTS[variant], "--overwrite"])}
+    timings["score"] = run_step(f"volume scores, {variant.replace('_', ' ')}", "brasyn.py",
+                                ["score", "--completed", folder / "completed", "--truth", brasyn / "truth",
+                                 "--out", folder / "metrics", "--model_resolution", resolution])
+    # The first variant trains the segmenter; the second reuses it, so both are read by the same network.
+    trained = ["--segmenter", segmenter] if segmenter else [
+        "--train", out / "seg_train", "--epochs", args.seg_epochs, "--image_size", args.seg_image_size,
+        *(["--channels", *args.seg_channels] if args.seg_channels else [])]
+    timings["segment"] = run_step(f"segmentation, {variant.replace('_', ' ')}", "brasyn.py",
+                                  ["segment", *trained, "--truth", brasyn / "truth", "--completed",
+                                   folder / "completed", "--out", folder / "segmentation", "--device", args.device])
+    return timings
+
+
+def collect(folder: Path) -> dict:
+    """One variant's summaries: volume scores, slices outside training per case, segmentation."""
+    score = json.loads((folder / "metrics" / f"{METRICS_NAME}.json").read_text())["summary"]["all"]
+    report = json.loads((folder / "completed" / f"{REPORT_NAME}.json").read_text())
+    segment = json.loads((folder / "segmentation" / f"{SEG_REPORT_NAME}.json").read_text())["summary"]["all"]
+    coherence = [*COHERENCE_COLUMNS, *(f"baseline_{c}" for c in COHERENCE_COLUMNS)]
+    return {"coherence": {c: score[c] for c in coherence}, "score": score,
+            "slices_outside_training": {r["case"]: r["slices_outside_training"] for r in report["cases"]},
+            "slices": {r["case"]: r["slices"] for r in report["cases"]}, "segmentation": segment}
+
+
+def _above(value: float | None, *others: float | None) -> bool:
+    """value > every other (False when any is missing)."""
+    return value is not None and all(o is not None and value > o for o in others)
+
+
+def _within(value: float | None, target: float | None, tolerance: float) -> bool:
+    """|value - target| <= tolerance (False when either is missing)."""
+    return value is not None and target is not None and abs(value - target) <= tolerance
+
+
+def goals(summary: dict) -> dict[str, bool]:
+    """GOALS evaluated on one variant's summary (a missing number fails its goal)."""
+    seg = summary["segmentation"][CONVENTION]
+    ratio = summary["segmentation"]["ratio_completed_to_real"][CONVENTION]
+    dice = {v: {r: seg[v][f"dice_{r}"]["mean"] for r in ("WT", "TC", "ET")} for v in seg}
+    mean = {c: summary["coherence"][c]["mean"] for c in ("ssim_axial", "ssim_coronal", "ssim_sagittal",
+                                                           "gradient_ratio")}
+
+    result = {}
+    for region, share in (("ET", 0.90), ("TC", 0.90), ("WT", 0.95)):
+        ratio_value = ratio[f"dice_{region}"]
+        result[f"dice_{region}_completed_ge_{round(share * 100)}pct_real"] = ratio_value is not None and \
+            ratio_value >= share
+        if region != "WT":
+            result[f"dice_{region}_completed_above_copy_and_zero"] = _above(
+                dice["completed"][region], dice["copy"][region], dice["zero"][region])
+    for plane in ("coronal", "sagittal"):
+        result[f"ssim_{plane}_within_0.01_of_axial"] = _within(mean[f"ssim_{plane}"], mean["ssim_axial"], 0.01)
+    result["gradient_ratio_within_2pct"] = _within(mean["gradient_ratio"], 1.0, 0.02)
+    return {name: bool(result[name]) for name in GOALS}
+
+
+def figure_case(truth: Path, completed: dict[str, Path]) -> dict:
+    """The first truth case's volumes on [0, 1] as score normalises them, its lesion centre and voxel sizes."""
+    pairs = {v: pair_with_completed(read_case_folder(case_folders(truth, "--truth")[0]), c)
+             for v, c in completed.items()}
+    first = next(iter(pairs.values()))
+    contrast = first.contrast
+    image, nifti = load_case_volume(first.truth_image, f"truth {first.name}")
+    volumes = {f"{contrast} truth": image}
+    for variant, pair in pairs.items():
+        volumes[f"synthesis, {variant.replace('_', ' ')}"] = load_case_volume(pair.done.images[contrast], variant)[0]
+    source = BASELINE_SOURCE[contrast]
+    volumes[f"baseline ({source} copy)"] = load_case_volume(first.done.images[source], source)[0]
+    volumes = {k: percentile_minmax(v) for k, v in volumes.items()}
+    lesion = load_label(first.label, "seg") > 0 if first.label else np.zeros(image.shape, bool)
+    centre = np.argwhere(lesion).mean(0) if lesion.any() else np.array(image.shape) / 2
+    return {"name": first.name, "volumes": volumes, "centre": [round(float(c)) for c in centre],
+            "zooms": [float(z) for z in nifti.header.get_zooms()[:3]]}
+
+
+def draw_volumes(case: dict, path: Path) -> None:
+    """Rows: axial, coronal, sagittal planes through the lesion centre; columns: the volumes and the first |error|."""
+    from utils.eval.plots import plt, save_figure
+
+    names = list(case["volumes"])
+    truth, first = case["volumes"][names[0]], case["volumes"][names[1]]
+    columns = [*((n, case["volumes"][n], "gray") for n in names), (f"|error|, {names[1]}", np.abs(first - truth),
+                                                                    "magma")]
+    fig, axes = plt.subplots(len(PLANES), len(columns), figsize=(2.6 * len(columns), 2.6 * len(PLANES)),
+                             squeeze=False)
+    for row, (plane, axis) in enumerate(PLANES.items()):
+        shown = [a for a in range(3) if a != axis]
+        # Transposed, the second remaining axis runs up the picture; its voxel size over the first's is the aspect.
+        aspect = case["zooms"][shown[1]] / case["zooms"][shown[0]]
+        for col, (title, volume, cmap) in enumerate(columns):
+            ax = axes[row, col]
+            ax.imshow(np.take(volume, case["centre"][axis], axis=axis).T, cmap=cmap, origin="lower", vmin=0, vmax=1,
+                      aspect=aspect)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=8)
+            if col == 0:
+                ax.set_ylabel(plane, fontsize=9)
+    fig.suptitle(f"{case['name']}: planes through the lesion centre (each volume on [0, 1] as brasyn.py score "
+                 "normalises it)", fontsize=9)
+    save_figure(fig, path, 110)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    """A number with `digits` decimals, or n/a."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def print_report(report: dict, out: Path) -> None:
+    """Coherence, Dice and the goals of every variant, then the time taken."""
+    for variant, summary in report["variants"].items():
+        c = {k: v["mean"] for k, v in summary["coherence"].items()}
+        print(f"\n{variant.replace('_', ' ')} ({report['test_cases']} test cases, mean over cases):")
+        print("  synthesis: SSIM axial/coronal/sagittal " + " / ".join(_fmt(c[f"ssim_{p}"]) for p in PLANES)
+              + f", gradient ratio {_fmt(c['gradient_ratio'])}, brightness ratio {_fmt(c['brightness_ratio'])} ± "
+              f"{_fmt(c['brightness_ratio_std'])}")
+        print("  T1 copy:   SSIM axial/coronal/sagittal " + " / ".join(_fmt(c[f"baseline_ssim_{p}"]) for p in PLANES)
+              + f", gradient ratio {_fmt(c['baseline_gradient_ratio'])}, brightness ratio "
+              f"{_fmt(c['baseline_brightness_ratio'])} ± {_fmt(c['baseline_brightness_ratio_std'])}")
+        print(f"  slices outside training: {summary['slices_outside_training']} of {summary['slices']}")
+        seg = summary["segmentation"][CONVENTION]
+        for version, scores in seg.items():
+            print(f"  Dice WT/TC/ET {version:10} " + " / ".join(_fmt(scores[f"dice_{r}"]["mean"]) for r in
+                                                               ("WT", "TC", "ET"))
+                  + "   HD95 " + " / ".join(_fmt(scores[f"hd95_{r}"]["mean"], 1) for r in ("WT", "TC", "ET")))
+        ratio = summary["segmentation"]["ratio_completed_to_real"][CONVENTION]
+        print("  completed/real Dice: " + ", ".join(f"{r} {_fmt(ratio[f'dice_{r}'])}" for r in ("WT", "TC", "ET")))
+        met = report["goals"][variant]
+        print(f"  goals met: {sum(met.values())} of {len(met)}; " + ", ".join(
+            f"{name} {'yes' if ok else 'NO'}" for name, ok in met.items()))
+    print(f"\n{report['steps']} steps in {report['seconds']['train'] / 60:.1f} min of training; "
+          f"{report['seconds']['total'] / 60:.1f} min in all. Wrote {out / 'volumes.json'} and {out / 'volumes.png'}")
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the whole benchmark and write volumes.json and volumes.png."""
+    args = build_parser().parse_args(argv)
+    config = Path(args.config).resolve()
+    recipe_batch(config)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    out = Path(args.out).resolve()
+    started = time.time()
+    run = prepare(args, config, out)
+    resolution = int(json.loads((out / "results" / EXP / CONFIG_NAME).read_text())["image_size"])
+    first, *others = VARIANTS
+    run["seconds"][first] = complete_variant(args, out, first, resolution, None)
+    for variant in others:
+        segmenter = out / first / "segmentation" / SEGMENTER_NAME
+        run["seconds"][variant] = complete_variant(args, out, variant, resolution, segmenter)
+    summaries = {variant: collect(out / variant) for variant in VARIANTS}
+    case = figure_case(out / "brasyn" / "truth", {v: out / v / "completed" for v in VARIANTS})
+    draw_volumes(case, out / "volumes.png")
+    report = {
+        "command": "python bench/bench_volumes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "threads": args.threads, "device": args.device},
+        "recipe": json.loads(config.read_text()), "normalize": "median", "missing": MISSING,
+        "model_resolution": resolution, "epochs": run["epochs"], "steps": run["steps"],
+        "train_slices": run["train_slices"], "test_cases": len(case_folders(out / "brasyn" / "truth", "--truth")),
+        "segmenter": {"epochs": args.seg_epochs, "image_size": args.seg_image_size, "channels": args.seg_channels,
+                      "train": "the training split's cases"},
+        "figure_case": case["name"], "convention": CONVENTION, "goal_definitions": GOALS,
+        "goals": {variant: goals(summary) for variant, summary in summaries.items()}, "variants": summaries,
+        "seconds": {**run["seconds"], "total": round(time.time() - started, 1)},
+    }
+    save_json(report, out / "volumes.json")
+    print_report(report, out)
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,52 @@
+"""The volume benchmark (bench/bench_volumes.py) at a tiny budget: every summary and goal in the JSON, the figure."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench_volumes import GOALS, VARIANTS
+
+from utils.eval.coherence import COHERENCE_COLUMNS
+from utils.seg.cases import VERSIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_RECIPE = {"image_size": 64, "ch_mult": [1, 1], "num_res_blocks": 1, "num_channels_dae": 16,
+               "attn_resolutions": [16], "z_emb_dim": 16, "t_emb_dim": 16, "ngf": 4, "num_timesteps": 2,
+               "batch_size": 4, "lr_g": 4e-4, "lr_d": 2e-4}
+
+
+def _check_variant(summary: dict, goals: dict) -> None:
+    """Coherence columns and their baseline twins, slices outside training, Dice/HD95 of every version, goals."""
+    for column in (*COHERENCE_COLUMNS, *(f"baseline_{c}" for c in COHERENCE_COLUMNS)):
+        assert set(summary["coherence"][column]) >= {"mean", "std"}, column
+    assert summary["slices_outside_training"] and all(isinstance(n, int)
+                                                      for n in summary["slices_outside_training"].values())
+    for convention in ("2019", "2023"):
+        for version in VERSIONS:
+            scores = summary["segmentation"][convention][version]
+            assert {f"{m}_{r}" for m in ("dice", "hd95") for r in ("WT", "TC", "ET")} <= set(scores)
+        assert set(summary["segmentation"]["ratio_completed_to_real"][convention]) == {"dice_WT", "dice_TC",
+                                                                                       "dice_ET"}
+    assert set(goals) == set(GOALS) and all(isinstance(ok, bool) for ok in goals.values())
+
+
+def test_volume_benchmark_smoke_run(tmp_path: Path) -> None:
+    """One training step on three 32-voxel cases, a one-epoch segmenter: the JSON is complete, the figure drawn."""
+    recipe = tmp_path / "tiny.json"
+    recipe.write_text(json.dumps(TINY_RECIPE))
+    out = tmp_path / "volumes"
+    result = subprocess.run([sys.executable, "bench/bench_volumes.py", "--config", str(recipe), "--steps", "1",
+                             "--cases", "3", "--volume_size", "32", "--slices", "4", "--seg_epochs", "1",
+                             "--seg_image_size", "32", "--seg_channels", "8", "16", "--threads", "1",
+                             "--device", "cpu", "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "volumes.json").read_text())
+    assert set(report["variants"]) == set(report["goals"]) == set(VARIANTS)
+    assert report["steps"] == 1 and report["model_resolution"] == 64 and report["test_cases"] == 1
+    for variant in VARIANTS:
+        _check_variant(report["variants"][variant], report["goals"][variant])
+    assert (out / "volumes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "goals met" in result.stdout
