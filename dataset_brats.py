@@ -3,8 +3,9 @@ import os
 
 import numpy as np
 
+from utils.data.contrasts import PRESETS as PRESETS_OF
+from utils.data.contrasts import resolve_contrasts
 from utils.data.slices import SliceDataset, load_slices
-from utils.data.contrasts import PRESETS as PRESETS_OF, resolve_contrasts
 
 DATASET_NAME = PRESETS_OF["brats"].name
 # [cond1, cond2, cond3, target] orders keyed by target, defined once in utils.data.contrasts.

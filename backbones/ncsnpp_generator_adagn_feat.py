@@ -16,10 +16,19 @@ import torch
 import torch.nn as nn
 
 from backbones.fast_paths import encode_conditions
-from backbones.layers import GaussianFourierProjection, PixelNorm, conv3x3, ddpm_linear, dense, \
-    get_timestep_embedding
-from backbones.layerspp import AttnBlockpp, Combine, ConvBlock, ConvBlock_GAP, ConvFeatBlock, Downsample, \
-    ResnetBlockBigGANpp_Adagn, Upsample, num_groups, rescaled_sum
+from backbones.layers import GaussianFourierProjection, PixelNorm, conv3x3, ddpm_linear, dense, get_timestep_embedding
+from backbones.layerspp import (
+    AttnBlockpp,
+    Combine,
+    ConvBlock,
+    ConvBlock_GAP,
+    ConvFeatBlock,
+    Downsample,
+    ResnetBlockBigGANpp_Adagn,
+    Upsample,
+    num_groups,
+    rescaled_sum,
+)
 from utils.core.errors import UserError
 
 # Width of generator 2's pseudo-target style code. The original fixed it at 256 independently of --z_emb_dim;

@@ -175,7 +175,9 @@ def add_common_args(parser: Any, default_batches: list[int] | None = None) -> No
                         help="checkout of the original code (outside this repository): also time it, same work")
     parser.add_argument("--reference_reuse_memory", action="store_true",
                         help="give the original our CPU malloc setting too (utils/model/cpu_memory.py), for comparison")
-    parser.add_argument("--out", default=None, help="JSON output (default: bench/results/<script>_<device>.json)")
+    # A file, where the other scripts' --out is a folder: hence its own name (--out still parses).
+    parser.add_argument("--out_json", "--out", dest="out", default=None,
+                        help="JSON output (default: bench/results/<script>_<device>.json)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds each worker may run")
 
 

@@ -7,7 +7,8 @@ train_step) and the original's (its networks and its train.py diffusion helpers,
 both seeded alike (so both build the same initial weights) and fed the same batches of a preprocessed training split
 in the order the original's sampler gave them (one permutation, repeated every epoch). It prints where the per-step
 losses of the two first differ and by how much, compares the final weights, draws both curves and writes
-curve.json and curve.png (in bench/results/ unless --out). The slices must be square and as large as the model (--image_size).
+curve.json and curve.png (in bench/results/ unless --out). The slices must be square and as large as the model
+(--image_size).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import RESULTS_DIR, base_spec, check_reference, command_line, run_worker, save_results  # noqa: E402
 
 from utils.core.errors import UserError, run_cli  # noqa: E402
-from utils.core.options import HelpFormatter  # noqa: E402
+from utils.core.options import ArgumentParser  # noqa: E402
 from utils.train.steps import LOSS_NAMES  # noqa: E402
 
 CONTRASTS = ["FLAIR", "T2", "T1", "T1ce"]
@@ -30,12 +31,11 @@ CONTRASTS = ["FLAIR", "T2", "T1", "T1ce"]
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", required=True, metavar="PATH", help="checkout of the original code")
     parser.add_argument("--data", required=True, help="a preprocessed split folder with FLAIR/T2/T1/T1ce.npy")
     parser.add_argument("--steps", type=int, default=200, help="training iterations")
-    parser.add_argument("--batch", type=int, default=4, help="slices per iteration")
+    parser.add_argument("--batch_size", "--batch", dest="batch", type=int, default=4, help="slices per iteration")
     parser.add_argument("--image_size", type=int, default=64, help="slice size (the data's)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for each code")
     parser.add_argument("--seed", type=int, default=0, help="seed of both runs")

@@ -39,7 +39,7 @@ from utils.core.artifacts import (  # noqa: E402
 )
 from utils.core.errors import UserError, run_cli  # noqa: E402
 from utils.core.fileio import save_json  # noqa: E402
-from utils.core.options import BASELINES, HelpFormatter  # noqa: E402
+from utils.core.options import BASELINES, ArgumentParser  # noqa: E402
 from utils.data.geometry import model_to_unit  # noqa: E402
 from utils.data.preprocessing import NORMALIZATIONS  # noqa: E402
 from utils.data.slices import SliceDataset  # noqa: E402
@@ -52,8 +52,7 @@ EXP = "quality"
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality"), help="output folder")
     parser.add_argument("--config", default=str(ROOT / "configs" / "quickstart.json"),
                         help="training recipe (train.py --config)")
@@ -130,11 +129,11 @@ def run_pipeline(args: argparse.Namespace, config: Path, out: Path) -> tuple[dic
     """Phantom -> preprocessing -> training -> synthesis (best and last epoch, baselines); timings and folders."""
     cases, slices, results = out / "cases", out / "slices", out / "results"
     timings = {"phantom": run_step("phantom cases", "demo/make_sample_data.py",
-                                   ["--out", cases, "--cases", args.cases, "--size", 96, "--seed", args.seed,
-                                    "--skull-strip", "--overwrite"])}
+                                   ["--out", cases, "--cases", args.cases, "--volume_size", 96, "--seed", args.seed,
+                                    "--skull_strip", "--overwrite"])}
     timings["preprocess"] = run_step("preprocessing", "pre_process.py",
-                                     ["--layout", "brats", "--input", cases, "--split-file", cases / "splits",
-                                      "--output", slices, "--slices", args.slices, "--size", 64,
+                                     ["--layout", "brats", "--input", cases, "--split_file", cases / "splits",
+                                      "--output", slices, "--slices", args.slices, "--image_size", 64,
                                       "--normalize", args.normalize, "--overwrite"])
     train_slices = len(np.load(slices / "train" / "T1ce.npy", mmap_mode="r"))
     epochs, per_epoch = epochs_for(args.steps, train_slices, int(recipe_value(config, "batch_size")))

@@ -30,13 +30,12 @@ from bench_common import (  # noqa: E402
 )
 
 from utils.core.errors import UserError, run_cli  # noqa: E402
-from utils.core.options import HelpFormatter  # noqa: E402
+from utils.core.options import ArgumentParser  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16], help="batch sizes to time")
     parser.add_argument("--repeats", type=int, default=3, help="timed sampler runs per batch size")

@@ -32,15 +32,15 @@ from bench_common import (  # noqa: E402
 )
 
 from utils.core.errors import UserError, run_cli  # noqa: E402
-from utils.core.options import HelpFormatter  # noqa: E402
+from utils.core.options import ArgumentParser  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser)
-    parser.add_argument("--batch", type=int, default=3, help="slices per step (README: 3)")
+    parser.add_argument("--batch_size", "--batch", dest="batch", type=int, default=3,
+                        help="slices per step (README: 3)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--fused_adam", action="store_true", help="ours with the fused Adam kernel (CUDA)")
     return parser

@@ -1,7 +1,7 @@
 """Synthetic multi-contrast brain MRI with a lesion (a digital phantom), written in the BraTS or ISLES 2015 layout.
 
-    python demo/make_sample_data.py --out sample_data/brats --cases 6 --size 96
-    python demo/make_sample_data.py --out sample_data/brats23 --layout brats2023 --cases 6 --size 96
+    python demo/make_sample_data.py --out sample_data/brats --cases 6 --volume_size 96
+    python demo/make_sample_data.py --out sample_data/brats23 --layout brats2023 --cases 6 --volume_size 96
 
 Each case is a procedurally generated head (skin, subcutaneous fat, temporalis muscle, a skull with diploe, CSF,
 folded cortical grey matter, white matter, deep grey nuclei, lateral and third ventricles) with a glioma (necrotic
@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from utils.core.errors import UserError, run_cli  # noqa: E402
 from utils.core.fileio import atomic_path, save_text  # noqa: E402
-from utils.core.options import HelpFormatter, spellings  # noqa: E402
+from utils.core.options import ArgumentParser  # noqa: E402
 from utils.data.contrasts import canonical_contrast  # noqa: E402
 from utils.data.layouts import BRATS_NAMINGS, LABEL, relabel  # noqa: E402
 
@@ -463,7 +463,7 @@ def phantom_volumes(size: int = 96, depth: int | None = None, seed: int = 0, les
                     skull_strip: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Volumes {contrast: int16 (size, size, depth)}, the label volume (uint8) and the 4x4 affine (LPS order)."""
     if size < 16:
-        raise UserError(f"--size {size} is too small for a head phantom; use 16 or more")
+        raise UserError(f"--volume_size {size} is too small for a head phantom; use 16 or more")
     depth = depth or max(8, round(size * FOV_DEPTH_MM / FOV_MM))
     rng = np.random.default_rng(seed)
     grid = Grid.make(size, depth)
@@ -561,7 +561,7 @@ def split_counts(cases: int) -> tuple[int, int, int]:
 
 
 def write_split_lists(ids: Sequence[str], folder: str | Path) -> Path:
-    """train.list, val.list, test.list for pre_process.py --split-file FOLDER."""
+    """train.list, val.list, test.list for pre_process.py --split_file FOLDER."""
     folder = Path(folder)
     n_train, n_val, _ = split_counts(len(ids))
     parts = {"train": ids[:n_train], "val": ids[n_train:n_train + n_val], "test": ids[n_train + n_val:]}
@@ -620,10 +620,10 @@ def save_figure(volumes: dict[str, np.ndarray], labels: np.ndarray, path: str | 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = ArgumentParser("make_sample_data.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder that receives the case folders")
     p.add_argument("--cases", type=int, default=6, help="number of cases")
-    # --size is pre_process.py's slice size too, so the canonical name here says what it counts.
+    # pre_process.py's --size (now --image_size) is a slice size, so the canonical name here says what it counts.
     p.add_argument("--volume_size", "--size", dest="size", type=int, default=96,
                    help="voxels across the 240 mm field of view")
     p.add_argument("--depth", type=int, default=None, help="axial slices (default: 155 mm worth at that spacing)")
@@ -631,8 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=["brats", *BRATS_NAMINGS, "isles"], default="brats",
                    help="brats (= brats2019), brats2021, brats2023: gliomas in that BraTS release's file names and "
                         "label values; isles: infarcts, ISLES 2015 SISS files with DWI")
-    p.add_argument(*spellings("skull_strip"), action="store_true", help="zero everything outside the brain, as BraTS did")
-    p.add_argument(*spellings("no_splits"), action="store_true", help="do not write <out>/splits/{train,val,test}.list")
+    p.add_argument("--skull_strip", action="store_true", help="zero everything outside the brain, as BraTS did")
+    p.add_argument("--no_splits", action="store_true", help="do not write <out>/splits/{train,val,test}.list")
     p.add_argument("--figure", default=None, help="also save a PNG of the first case here")
     p.add_argument("--overwrite", action="store_true", help="replace existing case folders")
     return p

@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:
 from demo.steps import run_step  # noqa: E402
 from utils.core.artifacts import OUTPUT_DIR_NAME, baseline_output_dir, output_stack  # noqa: E402
 from utils.core.errors import UserError, run_cli  # noqa: E402
-from utils.core.options import HelpFormatter  # noqa: E402
+from utils.core.options import ArgumentParser  # noqa: E402
 from utils.data.preprocessing import NORMALIZATIONS  # noqa: E402
 from utils.eval.compare import comparison_table, enhancement_drawn, score_folder  # noqa: E402
 
@@ -29,10 +29,9 @@ EXP = "quickstart"
 RECIPE = ROOT / "configs" / "quickstart.json"
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=HelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options (docs/cli and the tests build the same parser)."""
+    parser = ArgumentParser("quickstart.py", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="quickstart_out", help="folder for everything the quickstart writes")
     parser.add_argument("--cases", type=int, default=9, help="phantom cases (split 6/1/2 into train/val/test)")
     parser.add_argument("--slices", type=int, default=24, help="middle axial slices kept per case")
@@ -43,7 +42,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "or cuda:N")
     parser.add_argument("--normalize", choices=NORMALIZATIONS, default="median",
                         help="pre_process.py --normalize: median (the recipe) or percentile (the original's scale)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The options, with --quick's budget applied and the case count checked."""
+    args = build_parser().parse_args(argv)
     if args.quick:
         args.cases, args.slices, args.epochs = 5, 8, 1
     if args.cases < 3:
@@ -59,7 +63,8 @@ def draw_figure(samples: Path, baseline: Path, source: np.ndarray, source_name: 
     from utils.eval.plots import save_figure
 
     synth, real = np.load(samples / output_stack("synth")), np.load(samples / output_stack("real"))
-    lesion = np.load(samples / output_stack("lesion_mask")) if (samples / output_stack("lesion_mask")).exists() else np.zeros_like(real)
+    lesion_path = samples / output_stack("lesion_mask")
+    lesion = np.load(lesion_path) if lesion_path.exists() else np.zeros_like(real)
     disagreement = samples / output_stack("disagreement")
     spread = np.load(disagreement) if disagreement.exists() else np.zeros_like(synth)
     rows = np.argsort(lesion.reshape(len(lesion), -1).sum(1))[::-1][:3]
@@ -87,10 +92,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     cases, slices, results = out / "cases", out / "slices", out / "results"
     started = time.time()
     run_step("1/6 phantom cases (BraTS layout, skull-stripped)", "demo/make_sample_data.py",
-             ["--out", cases, "--cases", args.cases, "--size", 96, "--skull-strip", "--overwrite"])
+             ["--out", cases, "--cases", args.cases, "--volume_size", 96, "--skull_strip", "--overwrite"])
     run_step(f"2/6 preprocessing ({args.normalize} intensity scale, middle slices, resize)", "pre_process.py",
-             ["--layout", "brats", "--input", cases, "--split-file", cases / "splits", "--output", slices,
-              "--slices", args.slices, "--size", 64, "--normalize", args.normalize, "--overwrite"])
+             ["--layout", "brats", "--input", cases, "--split_file", cases / "splits", "--output", slices,
+              "--slices", args.slices, "--image_size", 64, "--normalize", args.normalize, "--overwrite"])
     epochs = ["--num_epoch", args.epochs] if args.epochs else []
     run_step("3/6 training MU-Diff (FLAIR, T2, T1 -> T1ce) with the small-budget recipe", "train.py",
              ["--config", RECIPE.relative_to(ROOT), "--input_path", slices, "--output_path", results, "--exp", EXP,

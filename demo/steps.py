@@ -7,8 +7,8 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from utils.core.errors import UserError
 
+from utils.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 

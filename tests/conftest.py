@@ -1,7 +1,9 @@
 """Shared test fixtures: the repository root on sys.path and the reference material beside the checkout."""
 import argparse
+import importlib.util
 import os
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -88,6 +90,14 @@ def metric_cli(argv: list[str]) -> dict:
     from utils.eval.report import metric_parser, score_and_report
 
     return score_and_report(metric_parser().parse_args(argv))
+
+
+def cli_generator() -> types.ModuleType:
+    """docs/cli/generate.py as a module (docs/ is not a package): every script's parser, by its docs/cli name."""
+    spec = importlib.util.spec_from_file_location("cli_generate", ROOT / "docs" / "cli" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""brasyn.py on phantom cases in BraTS 2023 naming: drop, complete, score, every error, and docs/brasyn.md's whole loop."""
+"""brasyn.py on phantom cases in BraTS 2023 naming: drop, complete, score, every error, and docs/brasyn.md's whole
+loop."""
 import csv
 import json
 import math
@@ -403,7 +404,8 @@ def test_score_errors(dropped: dict, completed: dict, tmp_path: Path, capsys: py
 # ------------------------------------------------------------------------------------ docs/brasyn.md's loop
 
 def test_readme_brasyn_loop_runs_as_printed(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """docs/brasyn.md: 2023-named cases -> pre_process -> train (T1ce, FLAIR) -> drop -> complete -> score, as printed."""
+    """docs/brasyn.md: 2023-named cases -> pre_process -> train (T1ce, FLAIR) -> drop -> complete -> score -> segment
+    -> export, as printed."""
     commands = [c for c in readme_commands(section_text(BRASYN_SECTION, BRASYN_PAGE)) if not is_user_data(c)]
     steps = ["make_sample_data.py", "pre_process.py", "train.py", "train.py", "brasyn.py drop", "brasyn.py complete",
              "brasyn.py score", "make_sample_data.py", "brasyn.py segment", "brasyn.py export"]

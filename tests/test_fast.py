@@ -627,8 +627,9 @@ def test_speed_flags_parse_and_default_off():
 def test_cpu_malloc_reuse_in_a_fresh_process():
     """On Linux the malloc setting applies, and afterwards tensors are still computed normally (own process, so this
     test process keeps glibc's defaults)."""
-    code = ("import sys; sys.path.insert(0, '.'); import torch; from utils.model.cpu_memory import reuse_freed_cpu_memory;"
-            "ok = reuse_freed_cpu_memory(); x = torch.ones(2048, 2048); print(ok, float((x @ x)[0, 0]))")
+    code = ("import sys; sys.path.insert(0, '.'); import torch; "
+            "from utils.model.cpu_memory import reuse_freed_cpu_memory; ok = reuse_freed_cpu_memory(); "
+            "x = torch.ones(2048, 2048); print(ok, float((x @ x)[0, 0]))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     applied, value = result.stdout.split()

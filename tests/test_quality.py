@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.eval.metrics import Summary
 from utils.core.errors import UserError
 from utils.eval.compare import comparison_table, enhancement_drawn, max_swing
+from utils.eval.metrics import Summary
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))

@@ -1,8 +1,9 @@
-"""Every command the README and docs/ show runs as printed (in a scratch copy of the repository, never in the user's folders).
+"""Every command the README and docs/ show runs as printed (in a scratch copy of the repository, never in the user's
+folders).
 
-Commands on the phantom data must succeed, page after page in PAGES order, and then every ```python block. Commands on data a user brings (BraTS,
-ISLES, the published weights) cannot run here: they must stop at once with a one-line `error:` naming what is
-missing, never a traceback. The README stays a first page: at most 12 KB, every link resolving.
+Commands on the phantom data must succeed, page after page in PAGES order, and then every ```python block. Commands
+on data a user brings (BraTS, ISLES, the published weights) cannot run here: they must stop at once with a one-line
+`error:` naming what is missing, never a traceback. The README stays a first page: at most 12 KB, every link resolving.
 """
 import os
 import re

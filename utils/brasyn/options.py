@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from utils.core.artifacts import SEG_FIGURE_NAME, SEG_REPORT_NAME, SEGMENTER_NAME
-from utils.core.options import HelpFormatter, add_speed_args, add_volume_sampling_args, epoch_choice, spellings
+from utils.core.options import ArgumentParser, add_speed_args, add_volume_sampling_args, epoch_choice
 from utils.data.layouts import BRATS_CONTRASTS, BRATS_NAMINGS
 
 DEFAULT_CHANNELS = (16, 32, 64, 128)  # the segmenter's U-Net widths: small enough to train on a CPU in minutes
@@ -12,27 +12,26 @@ DEFAULT_CHANNELS = (16, 32, 64, 128)  # the segmenter's U-Net widths: small enou
 
 def brasyn_parser(description: str | None = None) -> argparse.ArgumentParser:
     """brasyn.py's parser: the five subcommands and their options."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    parser = ArgumentParser("brasyn.py", description=description)
+    # The subcommands' parsers are ArgumentParsers too (argparse makes them of the parent's class).
     commands = parser.add_subparsers(dest="command", required=True, metavar="{drop,complete,score,segment,export}")
-    kwargs = {"formatter_class": HelpFormatter}
 
-    drop = commands.add_parser("drop", help="make BraSyn-style cases (one modality dropped) from complete ones",
-                               **kwargs)
+    drop = commands.add_parser("drop", help="make BraSyn-style cases (one modality dropped) from complete ones")
     drop.add_argument("--input", "--input_path", dest="input", required=True,
                       help="complete BraTS cases (2019, 2021 or 2023 names)")
     drop.add_argument("--out", "--output_path", dest="out", required=True,
-                  help="where the BraSyn-style case folders (three images) go")
+                      help="where the BraSyn-style case folders (three images) go")
     drop.add_argument("--truth", required=True, help="where the dropped images and segmentations go, per case")
     drop.add_argument("--layout", choices=["brats", *BRATS_NAMINGS], default="brats",
                       help="naming of --input: brats recognises every release's names")
-    drop.add_argument(*spellings("split_file"), nargs="+", default=None, metavar="PATH",
+    drop.add_argument("--split_file", nargs="+", default=None, metavar="PATH",
                       help="use only the cases of these .list files (e.g. your test split); default: all cases")
     drop.add_argument("--missing", nargs="+", default=list(BRATS_CONTRASTS), metavar="CONTRAST",
                       help="modalities that may be dropped (each about equally often)")
     drop.add_argument("--seed", type=int, default=0, help="seed of the choice of the dropped modality")
     drop.add_argument("--overwrite", action="store_true", help="replace case folders in --out and --truth")
 
-    complete = commands.add_parser("complete", help="synthesise each case's missing modality", **kwargs)
+    complete = commands.add_parser("complete", help="synthesise each case's missing modality")
     complete.add_argument("--input", "--input_path", dest="input", required=True,
                           help="a folder of BraSyn case folders (each missing one modality), or one case folder")
     complete.add_argument("--models", nargs="+", required=True, metavar="TARGET=EXP_DIR",
@@ -51,7 +50,7 @@ def brasyn_parser(description: str | None = None) -> argparse.ArgumentParser:
     add_volume_sampling_args(complete)
     add_speed_args(complete)
 
-    score = commands.add_parser("score", help="volume SSIM and PSNR of the syntheses against the truth", **kwargs)
+    score = commands.add_parser("score", help="volume SSIM and PSNR of the syntheses against the truth")
     score.add_argument("--completed", required=True, help="the folder brasyn.py complete wrote")
     score.add_argument("--truth", required=True, help="the folder brasyn.py drop kept the dropped images in")
     score.add_argument("--out", "--output_path", dest="out", required=True,
@@ -61,9 +60,8 @@ def brasyn_parser(description: str | None = None) -> argparse.ArgumentParser:
                             "with each axial plane resized to N x N first, the model's --image_size; unset, on the "
                             "volumes' own grid; the other columns are unchanged")
     add_segment_args(commands.add_parser("segment", help="Dice and HD95 of a segmenter on real, completed, copied "
-                                                         "and zero-filled inputs", **kwargs))
-    add_export_args(commands.add_parser("export", help="completed cases in nnU-Net v2 naming, with dataset.json",
-                                        **kwargs))
+                                                         "and zero-filled inputs"))
+    add_export_args(commands.add_parser("export", help="completed cases in nnU-Net v2 naming, with dataset.json"))
     return parser
 
 
@@ -94,6 +92,6 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
                                                      "$nnUNet_raw/Dataset900_BraSynCompleted)")
     parser.add_argument("--truth", default=None, help="the folder brasyn.py drop kept the segs in: also write the "
                                                       "labels (nnU-Net's BraTS values)")
-    parser.add_argument(*spellings("as_training"), action="store_true",
+    parser.add_argument("--as_training", action="store_true",
                         help="write imagesTr/ and labelsTr/ (needs --truth) instead of imagesTs/ and labelsTs/")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")

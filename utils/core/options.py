@@ -1,15 +1,16 @@
 """Every command-line option and its default, defined once for train.py, test.py, the benchmarks and the tests."""
 from __future__ import annotations
-from utils.core.artifacts import BEST
 
 import argparse
+import copy
 import json
 import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
-from utils.core.errors import UserError
 
+from utils.core.artifacts import BEST
+from utils.core.errors import UserError
 
 # Options that fix the networks' shapes and the diffusion process: a checkpoint is only usable with the same values,
 # so test.py takes them from the experiment's config.json.
@@ -37,8 +38,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         """Show one spelling: the aliases (other-style spellings, the original's names) still parse."""
         if len(action.option_strings) < 2 or isinstance(action, argparse._HelpAction):
             return super()._format_action_invocation(action)
-        return super()._format_action_invocation(argparse.Action([action.option_strings[0]], action.dest,
-                                                                 nargs=action.nargs, metavar=action.metavar))
+        shown = copy.copy(action)  # a copy keeps choices, so a --layout alias still shows {brats,...}
+        shown.option_strings = action.option_strings[:1]
+        return super()._format_action_invocation(shown)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         """Append the default, except for unset ones (None) and plain switches (False)."""
@@ -49,10 +51,40 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
-def spellings(name: str) -> tuple[str, str]:
-    """--a_b and --a-b: every multi-word option accepts both (underscores are the original's style)."""
-    flag = name.lstrip("-").replace("-", "_")
-    return f"--{flag}", f"--{flag.replace('_', '-')}"
+def other_spellings(flag: str) -> list[str]:
+    """--a-b for --a_b and --a_b for --a-b (none for short or one-word flags)."""
+    if not flag.startswith("--"):
+        return []
+    name = flag[2:]
+    return [f"--{other}" for other in (name.replace("-", "_"), name.replace("_", "-")) if other != name]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Every script's parser: --a_b and --a-b both parse, and --help shows each option once, with its default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """argparse's parser with HelpFormatter unless another formatter is given."""
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args: Sequence[str] | None = None,
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        """Parse, every option taking its other spelling too (registered here, so options of groups count)."""
+        for action in self._actions:
+            for flag in list(action.option_strings):
+                for other in other_spellings(flag):
+                    # Appended after the canonical name, which stays first: usage and --help show only that one.
+                    if other not in self._option_string_actions:
+                        action.option_strings.append(other)
+                        self._option_string_actions[other] = action
+        return super().parse_known_args(args, namespace)
+
+    def _get_option_tuples(self, option_string: str) -> list[tuple]:
+        """An abbreviation that fits two spellings of one option means that option (argparse calls it ambiguous)."""
+        matches: dict[int, tuple] = {}
+        for match in super()._get_option_tuples(option_string):
+            matches.setdefault(id(match[0]), match)
+        return list(matches.values())
 
 
 def add_disabling_flag(group: argparse._ArgumentGroup, name: str, what: str) -> None:
@@ -329,7 +361,8 @@ def add_test_args(parser: argparse.ArgumentParser) -> None:
     n.add_argument("--cond3", default=None, help="NIfTI of the 3rd conditioning contrast")
     n.add_argument("--case", default=None,
                    help="BraTS-style case folder with <case>_<contrast>.nii.gz files (instead of --cond1/2/3)")
-    n.add_argument("--out", default=None,
+    # A file, where the other scripts' --out is a folder (and --output_path is test.py's results root).
+    n.add_argument("--out_nifti", "--out", dest="out", default=None, metavar="FILE",
                    help="output NIfTI (default: OUTPUT_PATH/EXP/generated_volumes/<case>_<target>.nii.gz)")
     add_volume_sampling_args(n)
 
@@ -357,8 +390,7 @@ def epoch_choice(value: str) -> int | str:
 
 def train_parser() -> argparse.ArgumentParser:
     """The train.py parser: every option of the original train.py (README command included) plus the new ones."""
-    parser = argparse.ArgumentParser("train.py", description="Train MU-Diff (two generators, one shared critic).",
-                                     formatter_class=HelpFormatter)
+    parser = ArgumentParser("train.py", description="Train MU-Diff (two generators, one shared critic).")
     add_model_args(parser)
     add_diffusion_args(parser)
     add_data_args(parser)
@@ -372,9 +404,8 @@ def train_parser() -> argparse.ArgumentParser:
 
 def synthesis_parser() -> argparse.ArgumentParser:
     """The test.py parser: the shared model/diffusion/data/run options, the original's extra flags, test options."""
-    parser = argparse.ArgumentParser(
-        "test.py", description="Synthesise the target contrast with a trained MU-Diff pair of generators.",
-        formatter_class=HelpFormatter)
+    parser = ArgumentParser(
+        "test.py", description="Synthesise the target contrast with a trained MU-Diff pair of generators.")
     add_model_args(parser)
     add_diffusion_args(parser)
     add_data_args(parser)

@@ -115,7 +115,7 @@ def save_like(volume: np.ndarray, reference: nib.Nifti1Image, path: str | Path) 
     """Write `volume` as float32 NIfTI with the reference's affine and header, atomically (.nii or .nii.gz)."""
     path = Path(path)
     if not path.name.lower().endswith(NIFTI_SUFFIXES):
-        raise UserError(f"--out {path}: the output name must end in .nii.gz or .nii")
+        raise UserError(f"--out_nifti {path}: the output name must end in .nii.gz or .nii")
     image = type(reference)(volume.astype(np.float32), reference.affine, reference.header)
     # Float output: no integer scaling (a copied int16 datatype would make nibabel quantise the [0, 1] values).
     image.set_data_dtype(np.float32)

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from utils.core.options import HelpFormatter, spellings
+from utils.core.options import ArgumentParser
 from utils.data.layouts import LAYOUTS
 from utils.data.preprocessing import DEFAULT_NORMALIZATION, NORMALIZATIONS, slice_count
 
 
 def preprocess_parser(description: str | None = None) -> argparse.ArgumentParser:
     """pre_process.py's parser: each option under its canonical name first, the older spellings after it."""
-    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    p = ArgumentParser("pre_process.py", description=description)
     p.add_argument("--layout", choices=LAYOUTS, default=None,
                    help="how --input is organised (default: the --dataset name); brats recognises the BraTS 2019, "
                         "2021 and 2023 file names itself, brats2019/brats2021/brats2023 accept only those")
@@ -20,7 +20,7 @@ def preprocess_parser(description: str | None = None) -> argparse.ArgumentParser
                    help="where <split>/<CONTRAST>.npy go, e.g. data/BRATS (train.py's --input_path)")
     p.add_argument("--dataset", choices=["brats", "isles"], default=None,
                    help="use the paper's split lists data/<dataset>/{train,val,test}.list")
-    p.add_argument(*spellings("split_file"), nargs="+", default=None, metavar="PATH",
+    p.add_argument("--split_file", nargs="+", default=None, metavar="PATH",
                    help="custom split: <split>.list files (one case id a line) or a folder of them")
     # --split and --contrasts mean something else in train.py/test.py, so the canonical names differ.
     p.add_argument("--single_split", "--split", dest="split", default=None, metavar="NAME",
@@ -35,7 +35,7 @@ def preprocess_parser(description: str | None = None) -> argparse.ArgumentParser
     p.add_argument("--normalize", choices=NORMALIZATIONS, default=DEFAULT_NORMALIZATION,
                    help="intensity scale per volume: percentile = the original's 1st/99th percentile clip; median "
                         "(new) = brain median at 0.2, so a large enhancing rim cannot darken the rest of the volume")
-    p.add_argument(*spellings("no_labels"), action="store_true", help="ignore lesion labels (no lesion_mask.npy)")
+    p.add_argument("--no_labels", action="store_true", help="ignore lesion labels (no lesion_mask.npy)")
     p.add_argument("--workers", type=int, default=1, help="processes working on cases in parallel")
     p.add_argument("--overwrite", action="store_true", help="replace existing arrays in --output")
     return p

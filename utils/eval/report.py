@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from utils.core.artifacts import METRICS_CSV, METRICS_FIGURE, METRICS_JSON
 from utils.core.errors import UserError
 from utils.core.fileio import atomic_path, save_csv, save_json, save_npy
-from utils.core.options import HelpFormatter
+from utils.core.options import ArgumentParser
 from utils.eval.metrics import METRICS, PROTOCOL_TITLES, PROTOCOLS, Summary, metric_columns, summarize
 from utils.eval.results import EvalSet, evaluate_set, load_image_dirs, load_results_folder, resolve_results_folder
 
@@ -119,7 +119,7 @@ def score_and_report(args: argparse.Namespace) -> dict[str, Summary]:
 
 def metric_parser(description: str | None = None) -> argparse.ArgumentParser:
     """metric_calc.py's parser (defined here so that docs/cli and the tests build the same one)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    parser = ArgumentParser("metric_calc.py", description=description)
     parser.add_argument("results_folder", nargs="?", help="folder written by test.py ({output_path}/{exp} or its "
                         "generated_samples/); its .npy stacks are used when present")
     parser.add_argument("--real", help="folder of real images (PNG 8/16-bit, JPEG or .npy)")
@@ -127,6 +127,7 @@ def metric_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--mask", "--brain_mask", dest="mask",
                         help="folder of brain masks (same names) for the whole-brain paper protocol")
     parser.add_argument("--lesion_mask", help="folder of lesion masks (same names) for the lesion-only protocol")
-    parser.add_argument("--out", help="output folder (default: RESULTS_FOLDER/metrics or SYNTH/metrics)")
+    parser.add_argument("--out", "--output_path", dest="out",
+                        help="output folder (default: RESULTS_FOLDER/metrics or SYNTH/metrics)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return parser

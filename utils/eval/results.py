@@ -142,10 +142,11 @@ def _load_stacks(folder: Path) -> EvalSet:
     synth = _load_stack(folder / output_stack("synth"), is_mask=False)
     masks = {}
     for protocol in ("brain", "lesion"):
-        path = folder / f"{protocol}_mask.npy"
+        path = folder / output_stack(f"{protocol}_mask")
         masks[protocol] = _load_stack(path, is_mask=True) if path.is_file() else None
-    for path, stack in [(folder / output_stack("synth"), synth)] + [(folder / f"{p}_mask.npy", s) for p, s in masks.items()
-                                                          if s is not None]:
+    checked = [(folder / output_stack("synth"), synth)]
+    checked += [(folder / output_stack(f"{p}_mask"), s) for p, s in masks.items() if s is not None]
+    for path, stack in checked:
         if stack.shape != real.shape:
             raise UserError(f"{path} has shape {stack.shape} but {folder / 'real.npy'} has {real.shape}")
     return EvalSet(_stack_names(folder, len(real)), real, synth, masks["brain"], masks["lesion"],

@@ -116,7 +116,7 @@ def slice_output_dir(args: argparse.Namespace) -> Path:
 
 
 def volume_output_path(args: argparse.Namespace, case: str, target: str) -> Path:
-    """Where NIfTI mode writes: --out, or EXP/generated_volumes/<case>_<target>.nii.gz."""
+    """Where NIfTI mode writes: --out_nifti, or EXP/generated_volumes/<case>_<target>.nii.gz."""
     return Path(args.out) if args.out else experiment_dir(args) / VOLUMES_DIR_NAME / f"{case}_{target.lower()}.nii.gz"
 
 
@@ -125,7 +125,7 @@ def refuse_to_replace(path: Path, overwrite: bool) -> None:
     earlier = path.is_file() or (path.is_dir() and any(path.iterdir()))
     if earlier and not overwrite:
         raise UserError(f"{path} holds the results of an earlier run; pass --overwrite to replace them (or choose "
-                        "another --exp/--out)")
+                        "another --exp/--out_nifti)")
 
 
 def run_model_slices(exp: Experiment, args: argparse.Namespace, dataset: SliceDataset) -> Path:

@@ -96,8 +96,8 @@ def prepare(args: Namespace) -> RunPlan:
         start = check_resume(args, exp_dir)
     else:
         if (exp_dir / CONTENT_NAME).exists() and not args.overwrite and not args.dry_run:
-            raise UserError(f"{exp_dir} already holds a training run ({CONTENT_NAME}); continue it with --resume, replace "
-                            "it with --overwrite, or choose another --exp")
+            raise UserError(f"{exp_dir} already holds a training run ({CONTENT_NAME}); continue it with --resume, "
+                            "replace it with --overwrite, or choose another --exp")
         start = 0
     stop = args.num_epoch if args.stop_after_epochs is None else min(args.num_epoch, start + args.stop_after_epochs)
     init_method = "env://" if launch.mode == "torchrun" else f"tcp://{launch.master_address}:{launch.port}"
