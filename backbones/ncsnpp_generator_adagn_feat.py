@@ -30,6 +30,7 @@ from backbones.layerspp import (
     rescaled_sum,
 )
 from utils.core.errors import UserError
+from utils.data.context import context_channels
 
 # Width of generator 2's pseudo-target style code. The original fixed it at 256 independently of --z_emb_dim;
 # it is a shape in every published checkpoint, so it stays fixed.
@@ -74,6 +75,8 @@ class _NCSNppBase(nn.Module):
         self.fir_kernel = tuple(config.fir_kernel)
         self.skip_rescale = config.skip_rescale
         self.channels = config.num_channels
+        # 2.5-D conditioning (new): each condition stem reads 2K + 1 slices; configs of the original have no K.
+        self.cond_channels = self.channels * context_channels(getattr(config, "context_slices", 0))
         # The original's other block types could not build a generator (their stems were never defined).
         self.resblock_type = _check_choice("resblock_type", config.resblock_type, ("biggan",))
         self.progressive = _check_choice("progressive", config.progressive, PROGRESSIVE)
@@ -287,7 +290,8 @@ class NCSNpp(_NCSNppBase):
 
     def _stem_modules(self) -> list[nn.Module]:
         """Four ConvFeatBlocks: x_{t+1}, cond1, cond2, cond3, each num_channels -> nf."""
-        return [ConvFeatBlock(act=self.act, in_ch=self.channels, out_ch=self.nf) for _ in range(4)]
+        return [ConvFeatBlock(act=self.act, in_ch=self.channels, out_ch=self.nf)] + \
+               [ConvFeatBlock(act=self.act, in_ch=self.cond_channels, out_ch=self.nf) for _ in range(3)]
 
     def forward(self, x: torch.Tensor, cond1: torch.Tensor, cond2: torch.Tensor, cond3: torch.Tensor,
                 time_cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -308,7 +312,8 @@ class NCSNpp_adaptive(_NCSNppBase):
         act, channels, nf = self.act, self.channels, self.nf
         return [ConvBlock_GAP(act=act, in_ch=channels, out_ch=nf, style_dim=PSEUDO_TARGET_STYLE_DIM),
                 ConvFeatBlock(act=act, in_ch=channels, out_ch=nf)] + \
-               [ConvBlock(act=act, in_ch=channels, out_ch=nf, style_dim=PSEUDO_TARGET_STYLE_DIM) for _ in range(3)]
+               [ConvBlock(act=act, in_ch=self.cond_channels, out_ch=nf, style_dim=PSEUDO_TARGET_STYLE_DIM)
+                for _ in range(3)]
 
     def _after_mid_block(self) -> None:
         """The nine fusion convs: created here (RNG order) but registered before all_modules (state_dict order)."""

@@ -46,7 +46,8 @@ from utils.eval.metrics import percentile_minmax  # noqa: E402
 
 EXP = "volumes"
 MISSING = "T1ce"
-# The two completions: every slice with fresh sampler noise (the original's way), and one draw per volume.
+# The completions without a new option's model: every slice with fresh sampler noise (the original's way), and one
+# draw per volume. --context_slices K adds a third, by a model trained with that 2.5-D conditioning.
 VARIANTS = {"independent_noise": [], "shared_noise": ["--shared_noise"]}
 # The label convention the goals read (the phantom cases carry BraTS 2023 names and labels; regions agree in both).
 CONVENTION = "2023"
@@ -77,10 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seg_image_size", type=int, default=64, help="brasyn.py segment --image_size")
     parser.add_argument("--seg_channels", type=int, nargs="+", default=None,
                         help="brasyn.py segment --channels (default: segment's own)")
+    parser.add_argument("--context_slices", type=int, default=0, metavar="K",
+                        help="also train a model with train.py --context_slices K (2.5-D) and complete with it")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every step")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one, else the CPU), cpu, cuda "
                         "or cuda:N")
     return parser
+
+
+def variants(context_slices: int) -> dict[str, tuple[str, list[str]]]:
+    """Each completion variant: its experiment name and brasyn.py complete's extra flags."""
+    found = {name: (EXP, flags) for name, flags in VARIANTS.items()}
+    if context_slices:
+        found[f"context_slices_{context_slices}"] = (f"{EXP}_context{context_slices}", [])
+    return found
 
 
 def recipe_batch(config: Path) -> int:
@@ -115,10 +126,13 @@ def prepare(args: argparse.Namespace, config: Path, out: Path) -> dict:
     if per_epoch < 1:
         raise UserError(f"the recipe's batch is larger than the {train_slices} training slices")
     epochs = max(1, math.ceil(args.steps / per_epoch))
-    timings["train"] = run_step(f"training {epochs} epochs of {per_epoch} steps", "train.py",
-                                ["--config", config, "--input_path", slices, "--output_path", out / "results",
-                                 "--exp", EXP, "--num_epoch", epochs, "--save_ckpt_every", epochs, "--device",
-                                 args.device, "--num_workers", 0, "--overwrite"])
+    for exp in sorted({exp for exp, _ in variants(args.context_slices).values()}):
+        context = ["--context_slices", args.context_slices] if exp != EXP else []
+        timings[f"train_{exp}"] = run_step(f"training {exp}: {epochs} epochs of {per_epoch} steps", "train.py",
+                                           ["--config", config, "--input_path", slices, "--output_path",
+                                            out / "results", "--exp", exp, "--num_epoch", epochs,
+                                            "--save_ckpt_every", epochs, "--device", args.device, "--num_workers", 0,
+                                            *context, "--overwrite"])
     timings["drop"] = run_step(f"{MISSING} dropped from the test cases", "brasyn.py",
                                ["drop", "--input", cases, "--split_file", cases / "splits" / "test.list",
                                 "--missing", MISSING, "--out", out / "brasyn" / "val", "--truth",
@@ -131,11 +145,12 @@ def complete_variant(args: argparse.Namespace, out: Path, variant: str, resoluti
                      ) -> dict[str, float]:
     """Complete, score and segment one variant into out/<variant>/; the seconds of each step."""
     folder, brasyn = out / variant, out / "brasyn"
+    exp, flags = variants(args.context_slices)[variant]
     timings = {"complete": run_step(f"completion, {variant.replace('_', ' ')}", "brasyn.py",
                                     ["complete", "--input", brasyn / "val", "--models",
-                                     f"{MISSING}={out / 'results' / EXP}",
+                                     f"{MISSING}={out / 'results' / exp}",
                                      "--out", folder / "completed", "--epoch", "best", "--device", args.device,
-                                     *VARIANTS[variant], "--overwrite"])}
+                                     *flags, "--overwrite"])}
     timings["score"] = run_step(f"volume scores, {variant.replace('_', ' ')}", "brasyn.py",
                                 ["score", "--completed", folder / "completed", "--truth", brasyn / "truth",
                                  "--out", folder / "metrics", "--model_resolution", resolution])
@@ -267,7 +282,8 @@ def print_report(report: dict, out: Path) -> None:
         met = report["goals"][variant]
         print(f"  goals met: {sum(met.values())} of {len(met)}; " + ", ".join(
             f"{name} {'yes' if ok else 'NO'}" for name, ok in met.items()))
-    print(f"\n{report['steps']} steps in {report['seconds']['train'] / 60:.1f} min of training; "
+    training = sum(seconds for step, seconds in report["seconds"].items() if step.startswith("train_"))
+    print(f"\n{report['steps']} steps per model in {training / 60:.1f} min of training; "
           f"{report['seconds']['total'] / 60:.1f} min in all. Wrote {out / 'volumes.json'} and {out / 'volumes.png'}")
 
 
@@ -281,13 +297,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     started = time.time()
     run = prepare(args, config, out)
     resolution = int(json.loads((out / "results" / EXP / CONFIG_NAME).read_text())["image_size"])
-    first, *others = VARIANTS
+    first, *others = variants(args.context_slices)
     run["seconds"][first] = complete_variant(args, out, first, resolution, None)
     for variant in others:
         segmenter = out / first / "segmentation" / SEGMENTER_NAME
         run["seconds"][variant] = complete_variant(args, out, variant, resolution, segmenter)
-    summaries = {variant: collect(out / variant) for variant in VARIANTS}
-    case = figure_case(out / "brasyn" / "truth", {v: out / v / "completed" for v in VARIANTS})
+    summaries = {variant: collect(out / variant) for variant in variants(args.context_slices)}
+    case = figure_case(out / "brasyn" / "truth", {v: out / v / "completed" for v in summaries})
     draw_volumes(case, out / "volumes.png")
     report = {
         "command": "python bench/bench_volumes.py " + " ".join(argv if argv is not None else sys.argv[1:]),

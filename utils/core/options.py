@@ -18,7 +18,7 @@ MODEL_KEYS = (
     "image_size", "num_channels", "centered", "num_channels_dae", "n_mlp", "ch_mult", "num_res_blocks",
     "attn_resolutions", "dropout", "resamp_with_conv", "conditional", "fir", "fir_kernel", "skip_rescale",
     "resblock_type", "progressive", "progressive_input", "progressive_combine", "embedding_type", "fourier_scale",
-    "not_use_tanh", "nz", "z_emb_dim", "t_emb_dim", "ngf",
+    "not_use_tanh", "nz", "z_emb_dim", "t_emb_dim", "ngf", "context_slices",
 )
 
 
@@ -126,6 +126,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--z_emb_dim", type=int, default=256, help="width of the z embedding")
     g.add_argument("--t_emb_dim", type=int, default=256, help="critic timestep embedding width")
     g.add_argument("--ngf", type=int, default=64, help="critic base width")
+    g.add_argument("--context_slices", type=int, default=0, metavar="K",
+                   help="new: 2.5-D conditioning, each conditioning contrast also gives its K neighbouring slices on "
+                        "either side (same case; edge slices repeat) as extra input channels of the generators' "
+                        "condition encoders; 0 = one slice, the original's networks and checkpoints")
 
 
 def add_diffusion_args(parser: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from utils.core.artifacts import BRAIN_MASK, LESION_MASK, MANIFEST, MANIFEST_COLUMNS
 from utils.core.errors import UserError
 from utils.core.fileio import load_npy
+from utils.data.context import context_channels, manifest_neighbours
 from utils.data.contrasts import contrasts_from_args
 from utils.data.geometry import masks_to_model_space, pad_offsets, to_model_space
 
@@ -128,10 +129,13 @@ def _check_range(arr: np.ndarray, path: Path) -> None:
 
 
 class SliceDataset(Dataset):
-    """Slices of one split: items (cond1, cond2, cond3, target) float32 (1, S, S) in [-1, 1], masks optional."""
+    """Slices of one split: items (cond1, cond2, cond3, target) float32 in [-1, 1], masks optional.
+
+    Each condition is (2K + 1, S, S) with `context_slices` K (the slice and its case's neighbours), the rest (1, S, S).
+    """
 
     def __init__(self, root: str | os.PathLike, split: str, contrasts: Sequence[str], image_size: int = 256,
-                 with_masks: bool = False) -> None:
+                 with_masks: bool = False, context_slices: int = 0) -> None:
         """Check the split's files and memory-map them (nothing is read until an item is asked for)."""
         self.root = Path(root)
         self.split = split
@@ -155,7 +159,17 @@ class SliceDataset(Dataset):
         if self.manifest and len(self.manifest) != self.num_slices:
             raise UserError(f"{manifest} lists {len(self.manifest)} slices but the arrays hold {self.num_slices}; "
                             "re-run pre_process.py for this split")
+        self.neighbours = self._context_rows(context_slices, manifest)
         self._arrays: dict[str, np.ndarray] | None = None
+
+    def _context_rows(self, context_slices: int, manifest: Path) -> list[list[int]] | None:
+        """Each row's conditioning rows with --context_slices K > 0 (None: the slice alone, as the original)."""
+        if context_channels(context_slices) == 1:
+            return None
+        if not self.manifest:
+            raise UserError(f"--context_slices {context_slices} needs {manifest}, which tells the cases' slices "
+                            "apart; re-run pre_process.py for this split")
+        return manifest_neighbours([row["case_id"] for row in self.manifest], context_slices)
 
     def __len__(self) -> int:
         """Number of slices."""
@@ -176,7 +190,9 @@ class SliceDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         """(cond1, cond2, cond3, target[, brain_mask, lesion_mask]) of slice `index`, each (1, S, S)."""
         arrays = self._open()
-        items = [to_model_space(np.asarray(arrays[c][index]), self.image_size)[0] for c in self.contrasts]
+        rows = index if self.neighbours is None else self.neighbours[index]
+        items = [to_model_space(np.asarray(arrays[c][rows]), self.image_size)[:, 0] for c in self.contrasts[:3]]
+        items.append(to_model_space(np.asarray(arrays[self.contrasts[3]][index]), self.image_size)[0])
         if self.with_masks:
             brain = np.asarray(arrays[BRAIN_MASK][index])[None]
             lesion = (np.asarray(arrays[LESION_MASK][index])[None] if self.has_lesion_mask
@@ -189,4 +205,4 @@ class SliceDataset(Dataset):
 def dataset_from_args(args, split: str, with_masks: bool = False) -> SliceDataset:
     """SliceDataset of `split` under --input_path in the order --dataset/--target/--contrasts selects."""
     return SliceDataset(args.input_path, split, contrasts_from_args(args), image_size=args.image_size,
-                        with_masks=with_masks)
+                        with_masks=with_masks, context_slices=args.context_slices)

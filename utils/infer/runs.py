@@ -51,7 +51,10 @@ def open_split(args: argparse.Namespace) -> SliceDataset:
                         f"trained on --normalize {args.normalize} data; rerun pre_process.py with --normalize "
                         f"{args.normalize} for this split")
     with_masks = find_array(root / args.split, BRAIN_MASK) is not None
-    return SliceDataset(root, args.split, args.contrasts, image_size=args.image_size, with_masks=with_masks)
+    # The pixel baselines read one slice per contrast; the model takes what it was trained with (config.json).
+    context = 0 if args.baseline else args.context_slices
+    return SliceDataset(root, args.split, args.contrasts, image_size=args.image_size, with_masks=with_masks,
+                        context_slices=context)
 
 
 Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Synthesis]

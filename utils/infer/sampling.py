@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from utils.data.context import centre_slice
 from utils.infer.experiment import Experiment
 from utils.model.diffusion import SharedNoise
 from utils.model.speed import fast_sample
@@ -44,11 +45,12 @@ def critic_features_in_chunks(critic: nn.Module, x: Tensor, t: Tensor, x_next: T
 @torch.no_grad()
 def synthesize(exp: Experiment, cond1: Tensor, cond2: Tensor, cond3: Tensor, uncertainty: bool = False,
                noise: SharedNoise | None = None) -> Synthesis:
-    """Sample the target for one batch of conditions (B, 1, S, S) in [-1, 1], from fresh noise (global RNG).
+    """Sample the target for one batch of conditions (B, 2K + 1, S, S) in [-1, 1] (K = --context_slices, 0 in the
+    original), from fresh noise (global RNG).
 
     With `noise` (SharedNoise.draw, on exp.device) every slice of the batch is sampled with those same draws."""
     cond1, cond2, cond3 = (c.to(exp.device, non_blocking=True) for c in (cond1, cond2, cond3))
-    x_init = torch.randn_like(cond1) if noise is None else noise.initial(cond1.size(0))
+    x_init = torch.randn_like(centre_slice(cond1)) if noise is None else noise.initial(cond1.size(0))
     recorder = _InputRecorder(exp.gen1)
     # inference_mode (and bf16 autocast with --amp); with no speed option the bits of sample_from_model.
     sample, x0_1, x0_2 = fast_sample(exp.coefficients, recorder, cond1, exp.gen2, cond2, cond3,

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from utils.core.errors import UserError
 from utils.data.brain import brain_mask
+from utils.data.context import volume_neighbours
 from utils.data.geometry import from_model_space, to_model_space, unit_to_model
 from utils.data.layouts import strip_nifti_suffix
 from utils.data.nifti_io import check_volume, load_case_volume, save_like
@@ -49,6 +50,17 @@ def volume_to_model_slices(volume: np.ndarray, slice_indices: Sequence[int], ima
     normalised = normalize_volume(volume, name, dtype=np.float64, method=method)
     axial = np.moveaxis(normalised, 2, 0)[list(slice_indices)]
     return to_model_space(resize_slices(axial, image_size).astype(np.float32), image_size)
+
+
+def condition_slices(volume: np.ndarray, slice_indices: Sequence[int], image_size: int, context_slices: int = 0,
+                     name: str = "volume", method: str = DEFAULT_NORMALIZATION) -> torch.Tensor:
+    """The chosen slices of a conditioning volume in model space, (N, 2K + 1, S, S): each with its K neighbours on
+    either side (--context_slices; K = 0 is the slice alone), repeating the volume's first and last slice."""
+    rows = volume_neighbours(slice_indices, context_slices, volume.shape[2])
+    needed = sorted({k for row in rows for k in row})
+    slices = volume_to_model_slices(volume, needed, image_size, name, method)[:, 0]
+    position = {k: i for i, k in enumerate(needed)}
+    return slices[torch.tensor([[position[k] for k in row] for row in rows])]
 
 
 def model_slices_to_volume(slices: torch.Tensor, slice_indices: Sequence[int], shape: tuple[int, int, int],
@@ -105,12 +117,12 @@ def synthesize_case(exp: Experiment, conditions: Sequence[str | Path | np.ndarra
     brain_slices = [int(k) for k in np.flatnonzero(mask.any(axis=(0, 1)))]
     chosen = brain_slices if slice_indices is None else [int(k) for k in slice_indices]
     size = exp.args.image_size
-    conds = [volume_to_model_slices(v, chosen, size, f"--cond{i + 1}", exp.args.normalize)
+    conds = [condition_slices(v, chosen, size, exp.args.context_slices, f"--cond{i + 1}", exp.args.normalize)
              for i, v in enumerate(volumes)]
     # Everything is collected in model space [-1, 1] so one inverse (from_model_space) maps it back; the
     # uncertainty maps are [0, 1] quantities, hence the 2m − 1.
     outputs: dict[str, list[torch.Tensor]] = {"synth": [], "disagreement": [], "critic": []}
-    noise = (SharedNoise.draw(exp.args.num_timesteps, exp.args.nz, tuple(conds[0].shape[1:]), exp.device)
+    noise = (SharedNoise.draw(exp.args.num_timesteps, exp.args.nz, (exp.args.num_channels, size, size), exp.device)
              if shared_noise else None)
     for chunk in progress(_batches(range(len(chosen)), batch_size), desc="slices", unit="batch"):
         result = synthesize(exp, *(c[chunk] for c in conds), uncertainty=uncertainty, noise=noise)

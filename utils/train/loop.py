@@ -63,8 +63,9 @@ class Trainer:
         self.device = layout.device
         seed_everything(args.seed + layout.rank)
         self.train_set = SliceDataset(args.input_path, "train", plan.contrasts, args.image_size,
-                                      with_masks=args.lesion_l1_weight > 0)
-        self.val_set = SliceDataset(args.input_path, "val", plan.contrasts, args.image_size)
+                                      with_masks=args.lesion_l1_weight > 0, context_slices=args.context_slices)
+        self.val_set = SliceDataset(args.input_path, "val", plan.contrasts, args.image_size,
+                                    context_slices=args.context_slices)
         self.nets = build_networks(args, self.device)
         # Each rank was seeded differently (as in the original); rank 0's initial weights are everyone's.
         for net in self.nets.named().values():

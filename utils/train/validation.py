@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from utils.data.context import centre_slice
 from utils.data.geometry import model_to_unit
 from utils.eval.metrics import plain_metrics
 from utils.model.speed import SpeedOptions, fast_sample
@@ -64,9 +65,9 @@ def validate(nets: Networks, dataset: torch.utils.data.Dataset, batches: Iterabl
                 sums += torch.tensor([scores["psnr"] if finite else 0.0, scores["ssim"], scores["mae"],
                                       float(finite), 1.0], dtype=torch.float64)
             if not shown:
-                shown = {"cond1": to_unit_range(batch.cond1)[:preview], "cond2": to_unit_range(batch.cond2)[:preview],
-                         "cond3": to_unit_range(batch.cond3)[:preview], "synthesis": fake01[:preview],
-                         "ground truth": real01[:preview]}
+                conds = {name: to_unit_range(centre_slice(cond))[:preview]
+                         for name, cond in (("cond1", batch.cond1), ("cond2", batch.cond2), ("cond3", batch.cond3))}
+                shown = {**conds, "synthesis": fake01[:preview], "ground truth": real01[:preview]}
     finally:
         for gen in (nets.gen1, nets.gen2):
             gen.train()
