@@ -32,8 +32,8 @@ TRAINING_KEYS = ("lr_g", "lr_d", "beta1", "beta2", "r1_gamma", "lazy_reg", "lamb
                  "lambda_adv", "lr_warmup_steps", "lesion_l1_weight")
 # A small configuration for smoke runs (the reference fixtures' one: 64x64, two levels; nf stays 64 because the
 # original's generator 2 only builds with 64 base channels).
-TINY_OVERRIDES = dict(image_size=64, ch_mult=[1, 1], num_res_blocks=1, attn_resolutions=[32], z_emb_dim=32,
-                      t_emb_dim=32, ngf=4)
+# --tiny: the small networks of the docs' phantom commands and the tests.
+TINY_OVERRIDES = json.loads((ROOT / "configs" / "tiny.json").read_text())
 
 
 def load_split(folder: str | Path, contrasts: Sequence[str]) -> list[torch.Tensor]:

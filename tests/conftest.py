@@ -1,6 +1,7 @@
 """Shared test fixtures: the repository root on sys.path and the reference material beside the checkout."""
 import argparse
 import importlib.util
+import json
 import os
 import sys
 import types
@@ -135,9 +136,13 @@ def metric_ref(reference_dir: Path) -> dict:
 
 
 # --- Tiny trained-looking experiments for the inference tests (test.py, NIfTI mode, the demo notebook) ---------
-TINY_MODEL_ARGS = ("--image_size", "64", "--ch_mult", "1", "1", "--num_res_blocks", "1", "--num_channels_dae", "32",
-                   "--z_emb_dim", "32", "--attn_resolutions", "16", "--t_emb_dim", "32", "--ngf", "4",
-                   "--num_timesteps", "2")
+# The tiny networks of the docs' phantom commands and the benchmarks' --tiny (configs/tiny.json), with T = 2.
+TINY_MODEL = json.loads((ROOT / "configs" / "tiny.json").read_text())
+TINY_MODEL_ARGS = tuple(word for key, value in TINY_MODEL.items()
+                        for word in [f"--{key}", *map(str, value if isinstance(value, list) else [value])]) + \
+    ("--num_timesteps", "2")
+# A training recipe of those networks (train.py --config) for the benchmarks' smoke runs.
+TINY_RECIPE = {**TINY_MODEL, "num_timesteps": 2, "batch_size": 4, "lr_g": 4e-4, "lr_d": 2e-4}
 TINY_CONTRASTS = ("FLAIR", "T2", "T1", "T1ce")
 
 

@@ -7,14 +7,13 @@ import sys
 from pathlib import Path
 
 from bench_volumes import EXP, GOALS, VARIANTS, variants
+from conftest import TINY_RECIPE
 
 from utils.eval.coherence import COHERENCE_COLUMNS
 from utils.seg.cases import VERSIONS
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_RECIPE = {"image_size": 64, "ch_mult": [1, 1], "num_res_blocks": 1, "num_channels_dae": 16,
-               "attn_resolutions": [16], "z_emb_dim": 16, "t_emb_dim": 16, "ngf": 4, "num_timesteps": 2,
-               "batch_size": 4, "lr_g": 4e-4, "lr_d": 2e-4}
+
 
 
 def test_context_slices_adds_a_variant_with_its_own_model() -> None:

@@ -189,7 +189,7 @@ def test_mismatched_checkpoint_is_one_line(workspace: Path, capsys: pytest.Captu
     save_tiny_experiment(exp, seed=0, with_config=False)
     argv = ["--exp", "wrong", "--input_path", str(workspace / "BRATS"), "--output_path",
             str(workspace / "results"), "--num_workers", "0", *TINY_MODEL_ARGS]
-    argv[argv.index("--num_channels_dae") + 1] = "16"
+    argv[argv.index("--num_channels_dae") + 1] = "32"  # the saved networks have TINY_MODEL's width
     assert run_cli(synthesis_cli, argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error:")

@@ -19,10 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_common import load_split, original_order  # noqa: E402
-
-TINY_RECIPE = {"image_size": 64, "ch_mult": [1, 1], "num_res_blocks": 1, "num_channels_dae": 16,
-               "attn_resolutions": [16], "z_emb_dim": 16, "t_emb_dim": 16, "ngf": 4, "num_timesteps": 2,
-               "batch_size": 4, "lr_g": 4e-4, "lr_d": 2e-4}
+from conftest import TINY_RECIPE  # noqa: E402
 
 
 def test_max_swing_skips_the_first_quarter():

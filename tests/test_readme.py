@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -184,8 +185,10 @@ def test_user_data_commands_fail_with_one_line(scratch_repo: Path) -> None:
     """Without the user's data each such command stops at once with one `error:` line naming what is missing."""
     commands = [c for c in all_commands() if is_user_data(c)]
     assert len(commands) >= 8
-    for command in commands:
-        result = run(command, scratch_repo, timeout=300)
+    # Independent commands that mostly wait for Python to import torch: two at a time.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda command: run(command, scratch_repo, timeout=300), commands))
+    for command, result in zip(commands, results):
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 2, f"{command}\n{result.stderr[-2000:]}"
         assert lines and lines[-1].startswith("error: "), f"{command}\n{result.stderr[-2000:]}"

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from bench_common import reference_step  # bench/ is on sys.path through conftest
-from conftest import train_cli
+from conftest import TINY_MODEL_ARGS, train_cli
 
 import utils.model.diffusion as diffusion
 import utils.train.loop as loop
@@ -40,9 +40,7 @@ from utils.train.validation import validate, validation_batches
 ROOT = Path(__file__).resolve().parents[1]
 CONTRASTS = ("FLAIR", "T2", "T1", "T1ce")
 TRAIN_SLICES, VAL_SLICES = 8, 3
-TINY = ["--image_size", "64", "--ch_mult", "1", "1", "--num_res_blocks", "1", "--num_channels_dae", "16",
-        "--ngf", "4", "--z_emb_dim", "32", "--t_emb_dim", "32", "--attn_resolutions", "16", "--num_timesteps", "2",
-        "--batch_size", "2", "--num_workers", "0", "--device", "cpu"]
+TINY = [*TINY_MODEL_ARGS, "--batch_size", "2", "--num_workers", "0", "--device", "cpu"]
 README_COMMAND = ("--image_size 256 --exp exp_brats --num_channels 1 --num_channels_dae 64 --ch_mult 1 2 4 "
                   "--num_timesteps 2 --num_res_blocks 2 --batch_size 3 --num_epoch 30 --ngf 64 --embedding_type "
                   "positional --ema_decay 0.999 --r1_gamma 1. --z_emb_dim 256 --lr_d 1e-4 --lr_g 1.6e-4 "
