@@ -136,7 +136,7 @@ def metric_ref(reference_dir: Path) -> dict:
 
 
 # --- Tiny trained-looking experiments for the inference tests (test.py, NIfTI mode, the demo notebook) ---------
-# The tiny networks of the docs' phantom commands and the benchmarks' --tiny (configs/tiny.json), with T = 2.
+# The tiny networks of the docs' phantom commands (configs/tiny.json), with T = 2.
 TINY_MODEL = json.loads((ROOT / "configs" / "tiny.json").read_text())
 TINY_MODEL_ARGS = tuple(word for key, value in TINY_MODEL.items()
                         for word in [f"--{key}", *map(str, value if isinstance(value, list) else [value])]) + \
