@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import platform
 import shutil
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from demo.steps import ROOT, run_step  # noqa: E402
+from demo.steps import ROOT, epochs_for, recipe_batch, run_step  # noqa: E402
 from utils.core.artifacts import (  # noqa: E402
     CONFIG_NAME,  # noqa: E402
     OUTPUT_DIR_NAME,
@@ -66,22 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one, else the CPU), cpu, cuda "
                         "or cuda:N")
     return parser
-
-
-def recipe_value(config: Path, key: str) -> object:
-    """One option of the recipe file (UserError if it is missing)."""
-    values = json.loads(config.read_text())
-    if key not in values:
-        raise UserError(f"{config} sets no {key!r}; the quality benchmark needs it")
-    return values[key]
-
-
-def epochs_for(steps: int, train_slices: int, batch: int) -> tuple[int, int]:
-    """(epochs, steps per epoch) that give at least `steps` generator steps."""
-    per_epoch = train_slices // batch
-    if per_epoch < 1:
-        raise UserError(f"--batch_size {batch} is larger than the {train_slices} training slices")
-    return max(1, math.ceil(steps / per_epoch)), per_epoch
 
 
 def baseline_validation(slices: Path, contrasts: list[str], image_size: int) -> dict[str, dict[str, float]]:
@@ -136,7 +119,7 @@ def run_pipeline(args: argparse.Namespace, config: Path, out: Path) -> tuple[dic
                                       "--output", slices, "--slices", args.slices, "--image_size", 64,
                                       "--normalize", args.normalize, "--overwrite"])
     train_slices = len(np.load(slices / "train" / "T1ce.npy", mmap_mode="r"))
-    epochs, per_epoch = epochs_for(args.steps, train_slices, int(recipe_value(config, "batch_size")))
+    epochs, per_epoch = epochs_for(args.steps, train_slices, recipe_batch(config))
     timings["train"] = run_step(f"training {epochs} epochs of {per_epoch} steps", "train.py",
                                 ["--config", config, "--input_path", slices, "--output_path", results, "--exp", EXP,
                                  "--num_epoch", epochs, "--save_ckpt_every", epochs, "--device", args.device,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from demo.steps import ROOT, run_step  # noqa: E402
+from demo.steps import ROOT, epochs_for, recipe_batch, run_step  # noqa: E402
 from utils.brasyn.cases import (  # noqa: E402
     BASELINE_SOURCE,
     case_folders,
@@ -37,7 +36,7 @@ from utils.brasyn.cases import (  # noqa: E402
 from utils.brasyn.complete import REPORT_NAME  # noqa: E402
 from utils.brasyn.score import METRICS_NAME  # noqa: E402
 from utils.core.artifacts import CONFIG_NAME, SEG_REPORT_NAME, SEGMENTER_NAME  # noqa: E402
-from utils.core.errors import UserError, run_cli  # noqa: E402
+from utils.core.errors import run_cli  # noqa: E402
 from utils.core.fileio import save_json  # noqa: E402
 from utils.core.options import ArgumentParser  # noqa: E402
 from utils.data.nifti_io import load_case_volume, load_label  # noqa: E402
@@ -94,16 +93,6 @@ def variants(context_slices: int) -> dict[str, tuple[str, list[str]]]:
     return found
 
 
-def recipe_batch(config: Path) -> int:
-    """The recipe's batch_size (UserError when the file or the key is missing)."""
-    if not config.is_file():
-        raise UserError(f"--config {config}: no such file")
-    values = json.loads(config.read_text())
-    if "batch_size" not in values:
-        raise UserError(f"{config} sets no 'batch_size'; the volume benchmark needs it")
-    return int(values["batch_size"])
-
-
 def copy_training_cases(cases: Path, dest: Path) -> None:
     """The training split's case folders copied to `dest`, the segmenter's --train (never a held-out case)."""
     shutil.rmtree(dest, ignore_errors=True)
@@ -122,10 +111,7 @@ def prepare(args: argparse.Namespace, config: Path, out: Path) -> dict:
                                       "--output", slices, "--slices", args.slices, "--image_size", 64,
                                       "--normalize", "median", "--overwrite"])
     train_slices = len(np.load(slices / "train" / "T1ce.npy", mmap_mode="r"))
-    per_epoch = train_slices // recipe_batch(config)
-    if per_epoch < 1:
-        raise UserError(f"the recipe's batch is larger than the {train_slices} training slices")
-    epochs = max(1, math.ceil(args.steps / per_epoch))
+    epochs, per_epoch = epochs_for(args.steps, train_slices, recipe_batch(config))
     for exp in sorted({exp for exp, _ in variants(args.context_slices).values()}):
         context = ["--context_slices", args.context_slices] if exp != EXP else []
         timings[f"train_{exp}"] = run_step(f"training {exp}: {epochs} epochs of {per_epoch} steps", "train.py",

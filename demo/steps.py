@@ -1,6 +1,9 @@
-"""Run one README command as a child process and time it (the quickstart and the quality benchmark show each step)."""
+"""Run one README command as a child process and time it (the quickstart and the benchmarks show each step), and
+turn a benchmark's step budget into epochs of its recipe."""
 from __future__ import annotations
 
+import json
+import math
 import shlex
 import subprocess
 import sys
@@ -27,3 +30,21 @@ def run_step(title: str, script: str, flags: Sequence[object]) -> float:
     seconds = time.time() - started
     print(f"   ({seconds:.0f} s)", flush=True)
     return seconds
+
+
+def recipe_batch(config: Path) -> int:
+    """The recipe file's batch_size (UserError when the file or the key is missing)."""
+    if not config.is_file():
+        raise UserError(f"--config {config}: no such file")
+    values = json.loads(config.read_text())
+    if "batch_size" not in values:
+        raise UserError(f"{config} sets no 'batch_size'; the benchmark needs it")
+    return int(values["batch_size"])
+
+
+def epochs_for(steps: int, train_slices: int, batch: int) -> tuple[int, int]:
+    """(epochs, steps per epoch) that give at least `steps` generator steps."""
+    per_epoch = train_slices // batch
+    if per_epoch < 1:
+        raise UserError(f"--batch_size {batch} is larger than the {train_slices} training slices")
+    return max(1, math.ceil(steps / per_epoch)), per_epoch
