@@ -41,19 +41,10 @@ BUILDERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "demo/make_sample_data.py": make_sample_data.build_parser,
     **{f"bench/{name}.py": bench_parser(name) for name in BENCHES},
 }
-BRASYN_COMMANDS = ("drop", "complete", "score", "segment", "export")
+GENERATOR = cli_generator()  # docs/cli/generate.py: the subcommand lookup and the help texts it writes
 # Options a parse needs besides the required ones (segment's one-of --train/--segmenter group).
 EXTRA_ARGS = {"brasyn.py": ["score", "--completed", "c", "--truth", "t", "--out", "o"],
               "brasyn.py segment": ["--train", "cases"]}
-
-
-def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """A parser's subcommand parsers by name (none for most scripts)."""
-    found = {}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            found.update(action.choices)
-    return found
 
 
 def every_parser() -> dict[str, argparse.ArgumentParser]:
@@ -61,7 +52,7 @@ def every_parser() -> dict[str, argparse.ArgumentParser]:
     parsers = {}
     for script, build in BUILDERS.items():
         parsers[script] = build()
-        parsers.update({f"{script} {name}": sub for name, sub in subcommands(parsers[script]).items()})
+        parsers.update({f"{script} {name}": sub for name, sub in GENERATOR.subcommands(parsers[script]).items()})
     return parsers
 
 
@@ -220,7 +211,7 @@ def docs_name(command: str) -> str:
 @pytest.fixture(scope="module")
 def generated() -> dict[str, str]:
     """docs/cli/generate.py's texts, which it builds from the library's parsers rather than by running scripts."""
-    return cli_generator().help_texts()
+    return GENERATOR.help_texts()
 
 
 @pytest.mark.parametrize("command", PARSERS)
