@@ -28,7 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from demo.steps import ROOT, epochs_for, recipe_batch, run_step  # noqa: E402
+from demo.steps import (  # noqa: E402
+    add_budget_args,
+    add_machine_args,
+    epochs_for,
+    recipe_batch,
+    run_step,
+)
 from utils.core.artifacts import (  # noqa: E402
     CONFIG_NAME,  # noqa: E402
     OUTPUT_DIR_NAME,
@@ -52,18 +58,10 @@ EXP = "quality"
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality"), help="output folder")
-    parser.add_argument("--config", default=str(ROOT / "configs" / "quickstart.json"),
-                        help="training recipe (train.py --config)")
-    parser.add_argument("--steps", type=int, default=480, help="generator steps to train (rounded up to epochs)")
-    parser.add_argument("--cases", type=int, default=12, help="phantom cases (split about 65/15/20 %%)")
-    parser.add_argument("--slices", type=int, default=24, help="middle axial slices per case")
-    parser.add_argument("--seed", type=int, default=100, help="seed of the first phantom case")
+    add_budget_args(parser, "quality", steps=480, cases=12, seed=100)
     parser.add_argument("--normalize", choices=NORMALIZATIONS, default="median",
                         help="pre_process.py --normalize (the recipe: median; percentile is the original's scale)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for training and synthesis")
-    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one, else the CPU), cpu, cuda "
-                        "or cuda:N")
+    add_machine_args(parser)
     return parser
 
 

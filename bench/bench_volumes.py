@@ -26,7 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from demo.steps import ROOT, epochs_for, recipe_batch, run_step  # noqa: E402
+from demo.steps import (  # noqa: E402
+    add_budget_args,
+    add_machine_args,
+    epochs_for,
+    recipe_batch,
+    run_step,
+)
 from utils.brasyn.cases import (  # noqa: E402
     BASELINE_SOURCE,
     case_folders,
@@ -65,23 +71,15 @@ GOALS = {
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "volumes"), help="output folder")
-    parser.add_argument("--config", default=str(ROOT / "configs" / "quickstart.json"),
-                        help="training recipe (train.py --config)")
-    parser.add_argument("--steps", type=int, default=504, help="generator steps to train (rounded up to epochs)")
-    parser.add_argument("--cases", type=int, default=9, help="phantom cases (split about 65/15/20 %%)")
+    add_budget_args(parser, "volumes", steps=504, cases=9, seed=0)
     parser.add_argument("--volume_size", type=int, default=96, help="phantom voxels across the field of view")
-    parser.add_argument("--slices", type=int, default=24, help="middle axial slices per case for training")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first phantom case")
     parser.add_argument("--seg_epochs", type=int, default=10, help="brasyn.py segment --epochs")
     parser.add_argument("--seg_image_size", type=int, default=64, help="brasyn.py segment --image_size")
     parser.add_argument("--seg_channels", type=int, nargs="+", default=None,
                         help="brasyn.py segment --channels (default: segment's own)")
     parser.add_argument("--context_slices", type=int, default=0, metavar="K",
                         help="also train a model with train.py --context_slices K (2.5-D) and complete with it")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for every step")
-    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one, else the CPU), cpu, cuda "
-                        "or cuda:N")
+    add_machine_args(parser)
     return parser
 
 

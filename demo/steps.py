@@ -2,6 +2,7 @@
 turn a benchmark's step budget into epochs of its recipe."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shlex
@@ -48,3 +49,21 @@ def epochs_for(steps: int, train_slices: int, batch: int) -> tuple[int, int]:
     if per_epoch < 1:
         raise UserError(f"--batch_size {batch} is larger than the {train_slices} training slices")
     return max(1, math.ceil(steps / per_epoch)), per_epoch
+
+
+def add_budget_args(parser: argparse.ArgumentParser, name: str, steps: int, cases: int, seed: int) -> None:
+    """The options the phantom benchmarks share: output folder, recipe, step budget, phantom cases and slices."""
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / name), help="output folder")
+    parser.add_argument("--config", default=str(ROOT / "configs" / "quickstart.json"),
+                        help="training recipe (train.py --config)")
+    parser.add_argument("--steps", type=int, default=steps, help="generator steps to train (rounded up to epochs)")
+    parser.add_argument("--cases", type=int, default=cases, help="phantom cases (split about 65/15/20 %%)")
+    parser.add_argument("--slices", type=int, default=24, help="middle axial slices per case for training")
+    parser.add_argument("--seed", type=int, default=seed, help="seed of the first phantom case")
+
+
+def add_machine_args(parser: argparse.ArgumentParser) -> None:
+    """CPU threads and the device, for every step a phantom benchmark runs."""
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for every step")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one, else the CPU), cpu, cuda "
+                        "or cuda:N")

@@ -3,7 +3,9 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -17,7 +19,7 @@ if str(ROOT / "bench") not in sys.path:
     sys.path.append(str(ROOT / "bench"))
 
 # The weight perturbation lives once, in bench_common (which the benchmarks' workers can import), for both.
-from bench_common import perturb_  # noqa: E402,F401
+from bench_common import perturb_  # noqa: E402
 
 from utils.core.options import add_diffusion_args, add_model_args  # noqa: E402
 
@@ -146,13 +148,6 @@ TINY_RECIPE = {**TINY_MODEL, "num_timesteps": 2, "batch_size": 4, "lr_g": 4e-4, 
 TINY_CONTRASTS = ("FLAIR", "T2", "T1", "T1ce")
 
 
-def _perturb(module: torch.nn.Module, generator: torch.Generator) -> None:
-    """Add seeded noise to every weight: fresh generators output ~1e-5 (zero-scaled layers), trained ones do not."""
-    with torch.no_grad():
-        for param in module.parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=generator))
-
-
 def save_tiny_experiment(exp_dir: Path, seed: int = 0, epochs: tuple[int, ...] = (), ddp_prefix: bool = False,
                          with_content: bool = True, with_config: bool = True,
                          contrasts: tuple[str, ...] = TINY_CONTRASTS) -> dict:
@@ -162,6 +157,23 @@ def save_tiny_experiment(exp_dir: Path, seed: int = 0, epochs: tuple[int, ...] =
     content.pth with the critic and attention projection, config.json. `ddp_prefix` stores keys as the published
     DDP files do (`module.`); `contrasts` is the order config.json records (three conditions, then the target).
     """
+    key = (seed, tuple(epochs), ddp_prefix, with_content, with_config, tuple(contrasts))
+    if key not in _TINY_EXPERIMENTS:
+        built = Path(_TINY_CACHE.name) / str(len(_TINY_EXPERIMENTS))
+        _TINY_EXPERIMENTS[key] = (built, _build_tiny_experiment(built, *key))
+    built, states = _TINY_EXPERIMENTS[key]
+    shutil.copytree(built, exp_dir, dirs_exist_ok=True)
+    return states
+
+
+# Each distinct tiny experiment is built once per session and copied to where a test wants it.
+_TINY_CACHE = tempfile.TemporaryDirectory(prefix="mudiff-tiny-")
+_TINY_EXPERIMENTS: dict[tuple, tuple[Path, dict]] = {}
+
+
+def _build_tiny_experiment(exp_dir: Path, seed: int, epochs: tuple[int, ...], ddp_prefix: bool, with_content: bool,
+                           with_config: bool, contrasts: tuple[str, ...]) -> dict:
+    """save_tiny_experiment's files, built from scratch."""
     from backbones import build_critic, build_generators
     from utils.core.artifacts import save_config
     from utils.core.options import synthesis_parser
@@ -170,16 +182,15 @@ def save_tiny_experiment(exp_dir: Path, seed: int = 0, epochs: tuple[int, ...] =
     exp_dir.mkdir(parents=True, exist_ok=True)
     states = {}
     for suffix, weight_seed in [("", seed)] + [(f"_{e}", seed + e) for e in epochs]:
-        rng = torch.Generator().manual_seed(weight_seed)
         torch.manual_seed(weight_seed)
         for index, net in enumerate(build_generators(args), start=1):
-            _perturb(net, rng)
+            perturb_(net, weight_seed * 10 + index)
             state = {("module." if ddp_prefix else "") + k: v for k, v in net.state_dict().items()}
             torch.save(state, exp_dir / f"gen_diffusive_{index}{suffix}.pth")
             states[f"gen_diffusive_{index}{suffix}"] = state
     if with_content:
         critic, att_proj = build_critic(args)
-        _perturb(critic, torch.Generator().manual_seed(seed + 1000))
+        perturb_(critic, seed + 1000)
         torch.save({"epoch": 1, "disc_diffusive_2_dict": critic.state_dict(),
                     "att_conv_dict": att_proj.state_dict()}, exp_dir / "content.pth")
     if with_config:
