@@ -20,7 +20,7 @@ from utils.brasyn.drop import DROPPED_NAME, balanced_choice
 from utils.brasyn.score import volume_metrics
 from utils.core.errors import UserError, run_cli
 from utils.data.layouts import find_case_files
-from utils.eval.coherence import COHERENCE_COLUMNS
+from utils.eval.coherence import COHERENCE_COLUMNS, RANGE_COLUMNS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -191,11 +191,12 @@ def test_report_says_what_was_done(dropped: dict, completed: dict, models: dict)
     assert report["models"]["T1ce"]["contrasts"] == list(ORDERS["t1ce"]) and report["seed"] == 1024
     assert report["models"]["T1ce"]["normalize"] == "percentile"  # the tiny experiments record no scale
     assert report["models"]["T1ce"]["train_slice_range"] == "unknown" and report["shared_noise"] is False
+    assert report["intensity_reference"] == "none"
 
 
 def test_report_counts_slices_outside_the_trained_range(dropped: dict, models: dict, tmp_path: Path) -> None:
     """An experiment whose config.json records train_slice_range: the report counts the case's brain slices
-    outside it, in the CSV and the JSON (and --shared_noise is recorded)."""
+    outside it, in the CSV and the JSON (and --shared_noise and --intensity_reference are recorded)."""
     case = next(r["case"] for r in dropped["rows"] if r["missing"] == "T1ce")
     exp_dir = tmp_path / "t1ce"
     shutil.copytree(models["t1ce"], exp_dir)
@@ -203,7 +204,8 @@ def test_report_counts_slices_outside_the_trained_range(dropped: dict, models: d
     (exp_dir / "config.json").write_text(json.dumps({**config, "train_slice_range": [4, 6]}))
     out = tmp_path / "out"
     rows = brasyn_cli(["complete", "--input", str(dropped["val"] / case), "--models", f"T1ce={exp_dir}", "--out",
-                        str(out), "--batch_size", "16", "--device", "cpu", "--shared_noise"])
+                        str(out), "--batch_size", "16", "--device", "cpu", "--shared_noise",
+                        "--intensity_reference", "inputs"])
     images = [nib.load(p).get_fdata() for p in find_case_files(dropped["val"] / case, ORDERS["t1ce"][:3]).values()]
     brain = np.flatnonzero(np.any(np.stack([v != 0 for v in images]), axis=0).any(axis=(0, 1)))
     expected = int(((brain < 4) | (brain > 6)).sum())
@@ -212,7 +214,16 @@ def test_report_counts_slices_outside_the_trained_range(dropped: dict, models: d
     assert _csv(out / "brasyn_report.csv")[0]["slices_outside_training"] == str(expected)
     report = json.loads((out / "brasyn_report.json").read_text())
     assert report["cases"][0]["slices_outside_training"] == expected and report["shared_noise"] is True
+    assert report["intensity_reference"] == "inputs"
     assert report["models"]["T1ce"]["train_slice_range"] == [4, 6]
+    # score reads that range from the report: axial SSIM and brightness inside and outside it, for the copy too.
+    scored = brasyn_cli(["score", "--completed", str(out), "--truth", str(dropped["truth"] / case), "--out",
+                         str(tmp_path / "metrics")])[0]
+    assert all(math.isfinite(scored[f"{p}{c}"]) for p in ("", "baseline_") for c in RANGE_COLUMNS)
+    (out / "brasyn_report.json").unlink()
+    unranged = brasyn_cli(["score", "--completed", str(out), "--truth", str(dropped["truth"] / case), "--out",
+                           str(tmp_path / "metrics")])[0]
+    assert all(math.isnan(unranged[c]) for c in RANGE_COLUMNS) and unranged["ssim_axial"] == scored["ssim_axial"]
 
 
 def test_single_case_is_kept_then_redone_identically(dropped: dict, completed: dict, models: dict) -> None:
@@ -320,10 +331,10 @@ def test_score_writes_finite_metrics_per_case(dropped: dict, completed: dict, tm
     summary = json.loads((tmp_path / "metrics" / "volume_metrics.json").read_text())
     assert set(summary["summary"]) == {"all", "T1ce", "FLAIR"} and summary["summary"]["all"]["cases"] == 4
     assert summary["summary"]["all"]["psnr_tumour"]["n"] == 4 and "normalisation" in summary["definitions"]
-    coherence = [f"{p}{c}" for p in ("", "baseline_") for c in COHERENCE_COLUMNS]
+    coherence = [f"{p}{c}" for p in ("", "baseline_") for c in (*COHERENCE_COLUMNS, *RANGE_COLUMNS)]
     assert list(written[0])[-len(coherence):] == coherence  # appended after the original columns
     for row in written:
-        assert all(math.isfinite(float(row[c])) for c in coherence), row
+        assert all(math.isfinite(float(row[c])) for c in coherence if not c.endswith(("_inside", "_outside"))), row
     assert summary["coherence_resolution"] == "native" and summary["summary"]["all"]["gradient_ratio"]["n"] == 4
     assert "ssim_<plane>" in summary["definitions"]
 
@@ -335,7 +346,7 @@ def test_score_coherence_at_the_model_resolution(dropped: dict, completed: dict,
     native = brasyn_cli(argv + [str(tmp_path / "native")])
     model = brasyn_cli(argv + [str(tmp_path / "model"), "--model_resolution", "16"])
     for a, b in zip(native, model):
-        assert all(a[k] == b[k] for k in a if k.removeprefix("baseline_") not in COHERENCE_COLUMNS)
+        assert all(a[k] == b[k] for k in a if k.removeprefix("baseline_") not in (*COHERENCE_COLUMNS, *RANGE_COLUMNS))
         assert a["ssim_coronal"] != b["ssim_coronal"] and a["gradient_ratio"] != b["gradient_ratio"]
     assert json.loads((tmp_path / "model" / "volume_metrics.json").read_text())["coherence_resolution"] == 16
     with pytest.raises(UserError, match="--model_resolution 5 is below"):

@@ -79,3 +79,24 @@ def test_helpers_on_known_values() -> None:
     image, mask = at_resolution(truth, brain, 64)
     assert image.shape == mask.shape == (64, 64, SHAPE[2]) and mask.dtype == bool
     assert mask[:, :, 12].mean() == pytest.approx(brain[:, :, 12].mean(), rel=0.1)
+
+
+def test_slices_outside_the_trained_range_are_scored_apart() -> None:
+    """Brighter, noisier slices outside the trained range show in the _outside columns only; NaN without a range."""
+    truth, brain = _smooth_volume()
+    synth = truth.copy()
+    noise = np.random.default_rng(0).normal(0, 0.05, truth.shape)
+    synth[:, :, :8] = np.clip(truth[:, :, :8] * 1.3 + noise[:, :, :8], 0, 1) * brain[:, :, :8]
+    metrics = coherence_metrics(truth, synth, brain, trained=(8, 23))
+    assert metrics["ssim_axial_inside"] == pytest.approx(1)
+    assert metrics["ssim_axial_outside"] < 0.95
+    assert metrics["brightness_ratio_inside"] == pytest.approx(1) and metrics["brightness_ratio_std_inside"] < 1e-9
+    assert metrics["brightness_ratio_outside"] > 1.15
+    outside = [k for k in range(8) if brain[:, :, k].any()]
+    assert metrics["ssim_axial"] == pytest.approx(
+        (metrics["ssim_axial_inside"] * (int(brain.any(axis=(0, 1)).sum()) - len(outside))
+         + metrics["ssim_axial_outside"] * len(outside)) / int(brain.any(axis=(0, 1)).sum()))
+    assert all(math.isnan(v) for k, v in coherence_metrics(truth, synth, brain).items() if k.endswith(("_inside",
+                                                                                                      "_outside")))
+    everything = coherence_metrics(truth, synth, brain, trained=(0, 23))
+    assert math.isnan(everything["ssim_axial_outside"]) and everything["ssim_axial_inside"] == metrics["ssim_axial"]

@@ -230,6 +230,31 @@ def test_shared_noise_makes_identical_slices_come_out_identical(volume_run: dict
         synthesis_cli(["--shared_noise", "--exp", "exp_brats", "--output_path", str(volume_run["root"] / "results")])
 
 
+def test_intensity_reference_steadies_the_slice_brightness(volume_run: dict, tmp_path: Path) -> None:
+    """--intensity_reference inputs: with the same seed, the synthesis's per-slice brain mean over the inputs' is
+    steadier than without it (same brain, same slices); the test slices refuse the option."""
+    from utils.data.preprocessing import normalize_volume
+    from utils.infer.intensity import slice_means
+
+    paths = volume_run["paths"]
+    conds = ["--cond1", str(paths["flair"]), "--cond2", str(paths["t2"]), "--cond3", str(paths["t1"])]
+    inputs = np.mean([normalize_volume(nib.load(paths[c]).get_fdata()) for c in ("flair", "t2", "t1")], axis=0)
+    spread = {}
+    for choice in ("none", "inputs"):
+        out = tmp_path / f"{choice}.nii.gz"
+        synthesis_cli(["--nifti", *conds, "--out", str(out), "--exp", "exp_brats", "--output_path",
+                       str(volume_run["root"] / "results"), "--batch_size", "8", "--intensity_reference", choice])
+        synth = nib.load(out).get_fdata()
+        brain = inputs > 0
+        slices = [int(k) for k in np.flatnonzero(brain.any(axis=(0, 1)))]
+        ratio = slice_means(synth, brain, slices) / slice_means(inputs, brain, slices)
+        spread[choice] = float(np.std(ratio))
+    assert spread["inputs"] < 0.5 * spread["none"]
+    with pytest.raises(UserError, match="--intensity_reference steadies the brightness along one volume"):
+        synthesis_cli(["--intensity_reference", "inputs", "--exp", "exp_brats", "--output_path",
+                       str(volume_run["root"] / "results")])
+
+
 def test_report_counts_slices_outside_the_trained_range(volume_run: dict, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     """test.py --nifti says how many brain slices lie outside config.json's train_slice_range, or that it is

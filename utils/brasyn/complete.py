@@ -27,6 +27,7 @@ from utils.data.preprocessing import check_case
 from utils.infer.coverage import UNKNOWN, describe_outside, slices_outside_training
 from utils.infer.experiment import Experiment, experiment_args, load_experiment
 from utils.infer.synthesizer import Synthesizer
+from utils.infer.volumes import VolumeSampling
 
 REPORT_NAME = "brasyn_report"  # complete: <out>/brasyn_report.{json,csv}
 
@@ -109,7 +110,8 @@ def _report(args: argparse.Namespace, experiments: dict[str, Experiment], rows: 
     out = Path(args.out)
     device = next(iter(experiments.values())).device if experiments else None
     record = {"input": str(Path(args.input).resolve()), "out": str(out.resolve()), "seed": args.seed,
-              "batch_size": args.batch_size, "shared_noise": args.shared_noise, "device": str(device),
+              "batch_size": args.batch_size, "shared_noise": args.shared_noise,
+              "intensity_reference": args.intensity_reference, "device": str(device),
               "models": {t: _model_record(e) for t, e in experiments.items()},
               "intensity": "synthesised volumes: float32 in [0, 1] on the scale of the model's training data "
                            "(models.<target>.normalize: percentile = 1st-99th percentile of the voxels > 0 mapped to "
@@ -156,7 +158,7 @@ def _complete_case(case: Case, target: str, exp: Experiment, options: argparse.N
         copy_file(path, dest / path.name)
     # Reseeded per case, so a case's synthesis does not depend on which cases came before it.
     images = dict(zip(exp.contrasts[:3], conditions_of(case, target, options)))
-    synthesizer = Synthesizer(exp, args.batch_size, args.shared_noise)
+    synthesizer = Synthesizer(exp, args.batch_size, VolumeSampling.from_args(args))
     result = synthesizer.infer_single(dest / name, seed=args.seed, progress=progress, **images)
     seconds = time.perf_counter() - start
     trained = exp.args.train_slice_range

@@ -10,13 +10,25 @@ import numpy as np
 from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
-from utils.brasyn.cases import BASELINE_SOURCE, case_folders, pair_with_completed, read_case_folder, same_grid
+from utils.brasyn.cases import (
+    BASELINE_SOURCE,
+    case_folders,
+    pair_with_completed,
+    read_case_folder,
+    same_grid,
+)
+from utils.brasyn.complete import REPORT_NAME
 from utils.core.errors import UserError
-from utils.core.fileio import save_csv, save_json
+from utils.core.fileio import load_json, save_csv, save_json
 from utils.data.brain import brain_mask
 from utils.data.layouts import BRATS_CONTRASTS, Case
 from utils.data.nifti_io import load_case_volume, load_label
-from utils.eval.coherence import COHERENCE_COLUMNS, COHERENCE_METRICS, coherence_metrics
+from utils.eval.coherence import (
+    COHERENCE_COLUMNS,
+    COHERENCE_METRICS,
+    RANGE_COLUMNS,
+    coherence_metrics,
+)
 from utils.eval.metrics import SSIM_WINDOW, percentile_minmax, psnr, summarize_values
 
 METRICS_NAME = "volume_metrics"  # score: <out>/volume_metrics.{csv,json}
@@ -98,12 +110,23 @@ def _score_job(truth_case: Case, completed: Path) -> ScoreJob:
     return job
 
 
-def _coherence(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, resolution: int | None) -> dict[str, float]:
+def trained_ranges(completed: Path) -> dict[str, list[int]]:
+    """{target contrast: [first, last] trained axial slice} from complete's report in `completed`, where recorded."""
+    report = completed / f"{REPORT_NAME}.json"
+    if not report.exists():
+        return {}
+    models = load_json(report, "rerun brasyn.py complete, which writes it").get("models", {})
+    return {target: model["train_slice_range"] for target, model in models.items()
+            if isinstance(model.get("train_slice_range"), list)}
+
+
+def _coherence(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, resolution: int | None,
+               trained: list[int] | None) -> dict[str, float]:
     """COHERENCE_METRICS of a synthesis, both volumes normalised as for volume_metrics."""
-    return coherence_metrics(percentile_minmax(truth), percentile_minmax(synth), brain, resolution)
+    return coherence_metrics(percentile_minmax(truth), percentile_minmax(synth), brain, resolution, trained)
 
 
-def _score_case(job: ScoreJob, resolution: int | None = None) -> dict:
+def _score_case(job: ScoreJob, resolution: int | None = None, trained: list[int] | None = None) -> dict:
     """One row of volume_metrics.csv: the synthesis against the truth, and the baseline against it."""
     truth = load_case_volume(job.truth, f"truth {job.name} {job.contrast}")[0]
     synth = load_case_volume(job.done.images[job.contrast], f"completed {job.name} {job.contrast}")[0]
@@ -115,8 +138,8 @@ def _score_case(job: ScoreJob, resolution: int | None = None) -> dict:
     source = BASELINE_SOURCE[job.contrast]
     baseline = volume_metrics(truth, acquired[source], brain, tumour) if source in acquired else {}
     # Appended after the original columns, so those keep their places.
-    coherence = _coherence(truth, synth, brain, resolution)
-    base_coherence = _coherence(truth, acquired[source], brain, resolution) if source in acquired else {}
+    coherence = _coherence(truth, synth, brain, resolution, trained)
+    base_coherence = _coherence(truth, acquired[source], brain, resolution, trained) if source in acquired else {}
     return {"case": job.name, "contrast": job.contrast, "file": job.done.images[job.contrast].name,
             "seg": job.label.name if job.label else "", "brain_voxels": int(brain.sum()),
             "tumour_voxels": int((tumour & brain).sum()) if tumour is not None else "", **metrics,
@@ -126,7 +149,7 @@ def _score_case(job: ScoreJob, resolution: int | None = None) -> dict:
 
 def _metric_columns() -> list[str]:
     """ssim_brain, psnr_brain, ssim_tumour, ..., the coherence columns, then the same for the baseline."""
-    plain = [f"{m}_{r}" for r in REGIONS for m in ("ssim", "psnr")] + list(COHERENCE_COLUMNS)
+    plain = [f"{m}_{r}" for r in REGIONS for m in ("ssim", "psnr")] + list(COHERENCE_COLUMNS) + list(RANGE_COLUMNS)
     return plain + [f"baseline_{c}" for c in plain]
 
 
@@ -165,8 +188,9 @@ def score_cases(args: argparse.Namespace) -> list[dict]:
         raise UserError(f"--model_resolution {resolution} is below SSIM's {SSIM_WINDOW}-pixel window; give the "
                         "model's --image_size (e.g. 64 or 256)")
     jobs = [_score_job(read_case_folder(f), completed) for f in case_folders(truth_root, "--truth")]
+    trained = trained_ranges(completed)
     with tqdm(jobs, desc="scoring", unit="case") as bar:
-        rows = [_score_case(job, resolution) for job in bar]
+        rows = [_score_case(job, resolution, trained.get(job.contrast)) for job in bar]
     summary = _summary(rows)
     save_csv(rows, out / f"{METRICS_NAME}.csv")
     save_json({"definitions": {**VOLUME_METRICS, **COHERENCE_METRICS},

@@ -212,6 +212,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
 
 # Validation scores train.py can choose its best checkpoint by (columns of val.csv).
 BEST_METRICS = ("psnr", "ssim")
+INTENSITY_REFERENCES = ("none", "inputs")  # --intensity_reference: utils/infer/intensity.py
 BASELINES = ("linear", "quadratic")  # test.py --baseline: utils/infer/baselines.py fits them
 
 
@@ -377,6 +378,11 @@ def add_volume_sampling_args(group: argparse.ArgumentParser | argparse._Argument
                        help="new: draw the sampler's noise (initial image, latent z and posterior noise of every "
                             "step) once per volume and use it for every slice, so neighbouring slices do not differ "
                             "by their noise; off, every slice gets fresh noise, as in the original")
+    group.add_argument("--intensity_reference", choices=INTENSITY_REFERENCES, default="none",
+                       help="new: inputs = rescale each synthesised slice so that its brain mean, relative to the "
+                            "three inputs' on that slice, follows one smooth curve along the volume, fitted on the "
+                            "slices inside the range the model was trained on and held constant beyond it; none = "
+                            "the slices as sampled, as in the original")
 
 
 def epoch_choice(value: str) -> int | str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 from skimage.metrics import structural_similarity
@@ -15,6 +16,9 @@ PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}
 
 COHERENCE_COLUMNS = ("ssim_axial", "ssim_coronal", "ssim_sagittal", "brightness_ratio", "brightness_ratio_std",
                      "brightness_step", "gradient_ratio")
+# The same axial numbers split by where a slice lies against the slice range the model was trained on.
+RANGE_COLUMNS = tuple(f"{metric}_{side}" for side in ("inside", "outside")
+                      for metric in ("ssim_axial", "brightness_ratio", "brightness_ratio_std"))
 
 
 COHERENCE_METRICS = {
@@ -27,6 +31,9 @@ COHERENCE_METRICS = {
     "gradient_ratio": "(mean |through-plane difference| / mean |in-plane difference|) of the synthesis divided by "
                       "the same of the truth, over neighbouring brain voxels: 1 = as smooth across slices as the "
                       "truth, above 1 = stripes",
+    "<metric>_inside, <metric>_outside": "ssim_axial, brightness_ratio and brightness_ratio_std over the axial "
+                                          "slices inside / outside the slice range the model was trained on "
+                                          "(brasyn_report.json of complete records it); NaN where unknown or none",
     "coherence_resolution": "the axial grid these are computed on: native, or N with --model_resolution N (each "
                             "axial plane resized to N x N first, as pre_process.py resizes, the brain mask nearest)",
 }
@@ -44,20 +51,28 @@ def _crop_box(brain: np.ndarray, margin: int) -> tuple[slice, ...]:
     return tuple(box)
 
 
-def plane_ssim(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, axis: int) -> float:
-    """Mean over the planes across `axis` that hold brain of their 2-D SSIM averaged over brain pixels; [0, 1] data."""
+def plane_ssim_scores(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, axis: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(indices along `axis`, 2-D SSIM over brain pixels) of every plane across `axis` that holds brain; [0, 1] data."""
     if not brain.any():
-        return math.nan
+        return np.zeros(0, int), np.zeros(0)
     # Brain pixels lie at least half a window inside the crop, so cropping does not change their SSIM.
     box = _crop_box(brain, SSIM_WINDOW // 2)
     truth, synth, brain = (np.moveaxis(v[box], axis, 0) for v in (truth, synth, brain))
     if min(truth.shape[1:]) < SSIM_WINDOW:
-        return math.nan
+        return np.zeros(0, int), np.zeros(0)
+    planes = np.flatnonzero(brain.any(axis=(1, 2)))
     scores = []
-    for k in np.flatnonzero(brain.any(axis=(1, 2))):
+    for k in planes:
         _, ssim_map = structural_similarity(synth[k], truth[k], data_range=1.0, win_size=SSIM_WINDOW, full=True)
         scores.append(float(ssim_map[brain[k]].mean()))
-    return float(np.mean(scores))
+    return planes + box[axis].start, np.asarray(scores)
+
+
+def plane_ssim(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, axis: int) -> float:
+    """Mean over the planes across `axis` that hold brain of their 2-D SSIM averaged over brain pixels; [0, 1] data."""
+    scores = plane_ssim_scores(truth, synth, brain, axis)[1]
+    return float(scores.mean()) if scores.size else math.nan
 
 
 def slice_brightness_ratios(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray) -> np.ndarray:
@@ -102,18 +117,48 @@ def at_resolution(volume: np.ndarray, brain: np.ndarray, size: int) -> tuple[np.
     return image, mask
 
 
-def coherence_metrics(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, size: int | None = None
-                      ) -> dict[str, float]:
-    """COHERENCE_METRICS of a [0, 1] synthesis against the [0, 1] truth; at size x size axial planes when given."""
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of the finite values (NaN, NaN when there are none)."""
+    finite = values[np.isfinite(values)]
+    return (float(finite.mean()), float(finite.std())) if finite.size else (math.nan, math.nan)
+
+
+def _in_range(indices: np.ndarray, trained: Sequence[int]) -> np.ndarray:
+    """Which slice indices lie in the [first, last] range."""
+    return (indices >= trained[0]) & (indices <= trained[1])
+
+
+def range_metrics(axial: tuple[np.ndarray, np.ndarray], ratios: np.ndarray, slices: np.ndarray,
+                  trained: Sequence[int] | None) -> dict[str, float]:
+    """RANGE_COLUMNS: axial SSIM and brightness ratio of the slices inside and outside the trained [first, last]."""
+    if trained is None:
+        return dict.fromkeys(RANGE_COLUMNS, math.nan)
+    result = {}
+    for side, keep in (("inside", True), ("outside", False)):
+        scores = axial[1][_in_range(axial[0], trained) == keep]
+        result[f"ssim_axial_{side}"] = float(scores.mean()) if scores.size else math.nan
+        side_ratios = ratios[_in_range(slices, trained) == keep]
+        result[f"brightness_ratio_{side}"], result[f"brightness_ratio_std_{side}"] = _mean_std(side_ratios)
+    return result
+
+
+def coherence_metrics(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, size: int | None = None,
+                      trained: Sequence[int] | None = None) -> dict[str, float]:
+    """COHERENCE_METRICS of a [0, 1] synthesis against the [0, 1] truth; at size x size axial planes when given.
+
+    `trained`: the [first, last] axial slices the model was trained on, for RANGE_COLUMNS (NaN without it).
+    """
     if size is not None:
         truth, mask = at_resolution(truth, brain, size)
         synth, brain = at_resolution(synth, brain, size)[0], mask
-    result = {f"ssim_{plane}": plane_ssim(truth, synth, brain, axis) for plane, axis in PLANES.items()}
+    axial = plane_ssim_scores(truth, synth, brain, PLANES["axial"])
+    result = {"ssim_axial": float(axial[1].mean()) if axial[1].size else math.nan}
+    result.update({f"ssim_{plane}": plane_ssim(truth, synth, brain, axis) for plane, axis in PLANES.items()
+                   if plane != "axial"})
     ratios = slice_brightness_ratios(truth, synth, brain)
-    finite = ratios[np.isfinite(ratios)]
-    result["brightness_ratio"] = float(finite.mean()) if finite.size else math.nan
-    result["brightness_ratio_std"] = float(finite.std()) if finite.size else math.nan
+    result["brightness_ratio"], result["brightness_ratio_std"] = _mean_std(ratios)
     result["brightness_step"] = brightness_steps(ratios)
     truth_ratio = through_plane_ratio(truth, brain)
     result["gradient_ratio"] = through_plane_ratio(synth, brain) / truth_ratio if truth_ratio > 0 else math.nan
-    return result
+    slices = np.flatnonzero(brain.any(axis=(0, 1)))
+    return {**result, **range_metrics(axial, ratios, slices, trained)}

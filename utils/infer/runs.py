@@ -38,7 +38,7 @@ from utils.infer.outputs import (
     synth_to_original,
 )
 from utils.infer.sampling import Synthesis, synthesize
-from utils.infer.volumes import synthesize_volume
+from utils.infer.volumes import VolumeSampling, synthesize_volume
 
 
 def open_split(args: argparse.Namespace) -> SliceDataset:
@@ -174,7 +174,7 @@ def run_volume(exp: Experiment, args: argparse.Namespace, paths: list[Path], cas
     out = volume_output_path(args, case, exp.contrasts[3])
     print("conditions: " + ", ".join(f"{c} = {p}" for c, p in zip(exp.contrasts, paths)))
     result = synthesize_volume(exp, paths, out, batch_size=args.batch_size, uncertainty=args.save_uncertainty,
-                               shared_noise=args.shared_noise)
+                               sampling=VolumeSampling.from_args(args))
     outside = slices_outside_training(result.slices, args.train_slice_range)
     print(f"wrote {result.path} (shape {result.shape}, {len(result.slices)} brain slices synthesised, "
           f"{describe_outside(outside, args.train_slice_range)}; intensities in [0, 1] on the preprocessed scale)")
@@ -194,6 +194,9 @@ def run_synthesis(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
                         "--save_uncertainty")
     if args.shared_noise and not volume_mode:
         raise UserError("--shared_noise shares the noise among the slices of one volume: use it with --nifti "
+                        "(--case or --cond1/2/3), or drop it for the test slices")
+    if args.intensity_reference != "none" and not volume_mode:
+        raise UserError("--intensity_reference steadies the brightness along one volume: use it with --nifti "
                         "(--case or --cond1/2/3), or drop it for the test slices")
     # Inputs are checked before the (slow) model loading, so a wrong path fails at once.
     inputs = _volume_inputs(args, args.contrasts) if volume_mode else open_split(args)

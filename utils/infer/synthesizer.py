@@ -16,7 +16,7 @@ from tqdm import tqdm
 from utils.core.errors import UserError
 from utils.core.runtime import seed_everything
 from utils.infer.experiment import Experiment, describe, experiment_args, load_experiment
-from utils.infer.volumes import CaseSynthesis, save_case, synthesize_case
+from utils.infer.volumes import CaseSynthesis, VolumeSampling, save_case, synthesize_case
 from utils.model.speed import SpeedOptions
 
 Image = str | Path | np.ndarray
@@ -25,11 +25,12 @@ Image = str | Path | np.ndarray
 class Synthesizer:
     """A trained MU-Diff experiment, ready to synthesise its target contrast for whole cases."""
 
-    def __init__(self, experiment: Experiment, batch_size: int = 4, shared_noise: bool = False) -> None:
-        """Wrap an already loaded experiment (see `load` to open a folder); `shared_noise`: one draw per volume."""
+    def __init__(self, experiment: Experiment, batch_size: int = 4, sampling: VolumeSampling = VolumeSampling()
+                 ) -> None:
+        """Wrap an already loaded experiment (see `load` to open a folder); `sampling`: how slices are stacked."""
         self.experiment = experiment
         self.batch_size = batch_size
-        self.shared_noise = shared_noise
+        self.sampling = sampling
 
     @classmethod
     def load(cls, exp_dir: str | Path, epoch: int | str | None = None, device: str = "auto",
@@ -80,7 +81,7 @@ class Synthesizer:
         if seed is not None:
             seed_everything(seed)
         case = synthesize_case(self.experiment, conditions, self.batch_size, uncertainty, slice_indices=slices,
-                               progress=progress, shared_noise=self.shared_noise)
+                               progress=progress, sampling=self.sampling)
         if output_file is not None:
             save_case(case, output_file)
         return case

@@ -1,6 +1,7 @@
 """Whole-volume synthesis: a case's NIfTI files in, a NIfTI volume on the case's grid out."""
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,10 +18,29 @@ from utils.data.context import volume_neighbours
 from utils.data.geometry import from_model_space, to_model_space, unit_to_model
 from utils.data.layouts import strip_nifti_suffix
 from utils.data.nifti_io import check_volume, load_case_volume, save_like
-from utils.data.preprocessing import DEFAULT_NORMALIZATION, normalize_volume, resize_slices
+from utils.data.preprocessing import (
+    DEFAULT_NORMALIZATION,
+    normalize_volume,
+    resize_slices,
+)
 from utils.infer.experiment import Experiment
+from utils.infer.intensity import steady_brightness
 from utils.infer.sampling import synthesize
 from utils.model.diffusion import SharedNoise
+
+
+@dataclass(frozen=True)
+class VolumeSampling:
+    """How the slices of one volume are sampled and stacked (test.py --nifti, brasyn.py complete); the original's
+    way by default."""
+
+    shared_noise: bool = False  # one draw of the sampler's noise (SharedNoise) for every slice
+    intensity_reference: str = "none"  # "inputs": steady_brightness along the volume
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> VolumeSampling:
+        """The record of parsed --shared_noise and --intensity_reference."""
+        return cls(args.shared_noise, args.intensity_reference)
 
 
 @dataclass
@@ -106,11 +126,11 @@ def _read_conditions(conditions: Sequence[str | Path | np.ndarray]) -> tuple[lis
 
 def synthesize_case(exp: Experiment, conditions: Sequence[str | Path | np.ndarray], batch_size: int = 1,
                     uncertainty: bool = False, slice_indices: Sequence[int] | None = None,
-                    progress: Callable = tqdm, shared_noise: bool = False) -> CaseSynthesis:
+                    progress: Callable = tqdm, sampling: VolumeSampling = VolumeSampling()) -> CaseSynthesis:
     """Synthesise the target for a case's three conditions (NIfTI files or arrays), in the inputs' voxel grid.
 
     By default every axial slice with brain is synthesised; `slice_indices` picks some (e.g. one for a preview).
-    With `shared_noise` one draw of the sampler's noise (SharedNoise) serves every slice of the volume.
+    `sampling` says how the slices are sampled and stacked (VolumeSampling).
     """
     volumes, reference = _read_conditions(conditions)
     mask = brain_mask(volumes)
@@ -123,7 +143,7 @@ def synthesize_case(exp: Experiment, conditions: Sequence[str | Path | np.ndarra
     # uncertainty maps are [0, 1] quantities, hence the 2m − 1.
     outputs: dict[str, list[torch.Tensor]] = {"synth": [], "disagreement": [], "critic": []}
     noise = (SharedNoise.draw(exp.args.num_timesteps, exp.args.nz, (exp.args.num_channels, size, size), exp.device)
-             if shared_noise else None)
+             if sampling.shared_noise else None)
     for chunk in progress(_batches(range(len(chosen)), batch_size), desc="slices", unit="batch"):
         result = synthesize(exp, *(c[chunk] for c in conds), uncertainty=uncertainty, noise=noise)
         outputs["synth"].append(result.sample.cpu())
@@ -133,14 +153,17 @@ def synthesize_case(exp: Experiment, conditions: Sequence[str | Path | np.ndarra
     shape = volumes[0].shape
     maps = {name: model_slices_to_volume(torch.cat(parts), chosen, shape, size) * mask
             for name, parts in outputs.items() if parts}
+    if sampling.intensity_reference == "inputs":
+        inputs = [normalize_volume(v, f"--cond{i + 1}", method=exp.args.normalize) for i, v in enumerate(volumes)]
+        maps["synth"] = steady_brightness(maps["synth"], inputs, mask, chosen, exp.args.train_slice_range)
     return CaseSynthesis(maps=maps, brain=mask, slices=chosen, reference=reference)
 
 
 def synthesize_volume(exp: Experiment, cond_paths: Sequence[str | Path], out_path: str | Path,
                       batch_size: int = 1, uncertainty: bool = False,
-                      progress: Callable = tqdm, shared_noise: bool = False) -> VolumeResult:
+                      progress: Callable = tqdm, sampling: VolumeSampling = VolumeSampling()) -> VolumeResult:
     """Synthesise every brain slice of a case and write the target (and uncertainty) volumes as NIfTI."""
-    case = synthesize_case(exp, cond_paths, batch_size, uncertainty, progress=progress, shared_noise=shared_noise)
+    case = synthesize_case(exp, cond_paths, batch_size, uncertainty, progress=progress, sampling=sampling)
     written = save_case(case, out_path)
     extra = {k: v for k, v in written.items() if k != "synth"}
     return VolumeResult(path=Path(out_path), shape=case.brain.shape, slices=case.slices, extra_paths=extra)
