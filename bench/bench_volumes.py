@@ -4,11 +4,13 @@
 
 Makes phantom cases in BraTS 2023 naming with split lists (demo/make_sample_data.py), preprocesses them
 (--normalize median), trains the small-budget recipe (configs/quickstart.json unless --config) for about --steps
-generator steps, drops T1ce from the test split's cases (brasyn.py drop) and completes them twice (brasyn.py
-complete, without and with --shared_noise). Each completion is scored against the truth at the model's resolution
-(brasyn.py score --model_resolution) and segmented (brasyn.py segment, a U-Net trained on the training split's
-cases, the same one for both). Writes --out/volumes.json (every summary and the goals as booleans) and
---out/volumes.png (axial, coronal and sagittal planes through one case's lesion centre).
+generator steps, drops T1ce from the test split's cases (brasyn.py drop) and completes them four times (brasyn.py
+complete: as the original samples, with --shared_noise, with --intensity_reference inputs, with both;
+--context_slices K and --slices_all add a model each). Each completion is scored against the truth at the model's
+resolution, inside and outside the middle slices the base model was trained on (brasyn.py score --model_resolution
+--slice_range), and segmented (brasyn.py segment: one U-Net, trained on the training split's cases, reads every
+variant). Writes --out/volumes.json (every summary and the goals as booleans) and --out/volumes.png (axial, coronal
+and sagittal planes through one case's lesion centre).
 """
 from __future__ import annotations
 
@@ -46,14 +48,17 @@ from utils.core.errors import run_cli  # noqa: E402
 from utils.core.fileio import save_json  # noqa: E402
 from utils.core.options import ArgumentParser  # noqa: E402
 from utils.data.nifti_io import load_case_volume, load_label  # noqa: E402
-from utils.eval.coherence import COHERENCE_COLUMNS, PLANES  # noqa: E402
+from utils.eval.coherence import COHERENCE_COLUMNS, PLANES, RANGE_COLUMNS  # noqa: E402
 from utils.eval.metrics import percentile_minmax  # noqa: E402
 
 EXP = "volumes"
 MISSING = "T1ce"
-# The completions without a new option's model: every slice with fresh sampler noise (the original's way), and one
-# draw per volume. --context_slices K adds a third, by a model trained with that 2.5-D conditioning.
-VARIANTS = {"independent_noise": [], "shared_noise": ["--shared_noise"]}
+# The completions without a new option's model: every slice with fresh sampler noise (the original's way), one draw
+# per volume, the brightness steadied along the volume, and both. --context_slices K adds one by a model trained
+# with that 2.5-D conditioning, --slices_all one by a model trained on every brain slice.
+INTENSITY = ["--intensity_reference", "inputs"]
+VARIANTS = {"independent_noise": [], "shared_noise": ["--shared_noise"], "intensity_reference": INTENSITY,
+            "shared_noise_and_intensity": ["--shared_noise", *INTENSITY]}
 # The label convention the goals read (the phantom cases carry BraTS 2023 names and labels; regions agree in both).
 CONVENTION = "2023"
 GOALS = {
@@ -65,6 +70,10 @@ GOALS = {
     "ssim_coronal_within_0.01_of_axial": "|mean ssim_coronal - mean ssim_axial| <= 0.01",
     "ssim_sagittal_within_0.01_of_axial": "|mean ssim_sagittal - mean ssim_axial| <= 0.01",
     "gradient_ratio_within_2pct": "|mean gradient_ratio - 1| <= 0.02 (through-plane smoothness as the truth's)",
+    "ssim_outside_within_0.03_of_inside": "|mean ssim_axial_outside - mean ssim_axial_inside| <= 0.03 (slices "
+                                          "outside the middle --slices against those inside)",
+    "brightness_spread_outside_le_2x_inside": "mean brightness_ratio_std_outside <= 2 x mean "
+                                              "brightness_ratio_std_inside",
 }
 
 
@@ -79,16 +88,33 @@ def build_parser() -> argparse.ArgumentParser:
                         help="brasyn.py segment --channels (default: segment's own)")
     parser.add_argument("--context_slices", type=int, default=0, metavar="K",
                         help="also train a model with train.py --context_slices K (2.5-D) and complete with it")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="the completions of the base model to run (the first also trains the segmenter)")
+    parser.add_argument("--slices_all", action="store_true",
+                        help="also train a model on every brain slice (pre_process.py --slices all) and complete "
+                             "with it; it is scored on the same inside/outside slices as the others")
     add_machine_args(parser)
     return parser
 
 
-def variants(context_slices: int) -> dict[str, tuple[str, list[str]]]:
+def variants(context_slices: int, slices_all: bool = False, chosen: Sequence[str] = tuple(VARIANTS)
+             ) -> dict[str, tuple[str, list[str]]]:
     """Each completion variant: its experiment name and brasyn.py complete's extra flags."""
-    found = {name: (EXP, flags) for name, flags in VARIANTS.items()}
+    found = {name: (EXP, flags) for name, flags in VARIANTS.items() if name in chosen}
     if context_slices:
         found[f"context_slices_{context_slices}"] = (f"{EXP}_context{context_slices}", [])
+    if slices_all:
+        found["slices_all"] = (f"{EXP}_all", [])
     return found
+
+
+def training_runs(args: argparse.Namespace, out: Path) -> dict[str, tuple[Path, list[object]]]:
+    """Each experiment the variants need: its preprocessed slices and train.py's extra flags."""
+    runs = {}
+    for exp, _ in variants(args.context_slices, args.slices_all, args.variants).values():
+        context = ["--context_slices", args.context_slices] if exp == f"{EXP}_context{args.context_slices}" else []
+        runs[exp] = (out / ("slices_all" if exp == f"{EXP}_all" else "slices"), context)
+    return runs
 
 
 def copy_training_cases(cases: Path, dest: Path) -> None:
@@ -104,19 +130,23 @@ def prepare(args: argparse.Namespace, config: Path, out: Path) -> dict:
     timings = {"phantom": run_step("phantom cases (BraTS 2023 names)", "demo/make_sample_data.py",
                                    ["--out", cases, "--layout", "brats2023", "--cases", args.cases, "--volume_size",
                                     args.volume_size, "--seed", args.seed, "--skull_strip", "--overwrite"])}
-    timings["preprocess"] = run_step("preprocessing", "pre_process.py",
-                                     ["--layout", "brats2023", "--input", cases, "--split_file", cases / "splits",
-                                      "--output", slices, "--slices", args.slices, "--image_size", 64,
-                                      "--normalize", "median", "--overwrite"])
+    runs = training_runs(args, out)
+    for folder, count in sorted({(folder, "all" if folder != slices else args.slices) for folder, _ in runs.values()}):
+        timings[f"preprocess_{folder.name}"] = run_step(
+            f"preprocessing, {count} slices per case", "pre_process.py",
+            ["--layout", "brats2023", "--input", cases, "--split_file", cases / "splits", "--output", folder,
+             "--slices", count, "--image_size", 64, "--normalize", "median", "--overwrite"])
     train_slices = len(np.load(slices / "train" / "T1ce.npy", mmap_mode="r"))
-    epochs, per_epoch = epochs_for(args.steps, train_slices, recipe_batch(config))
-    for exp in sorted({exp for exp, _ in variants(args.context_slices).values()}):
-        context = ["--context_slices", args.context_slices] if exp != EXP else []
+    for exp, (folder, extra) in sorted(runs.items()):
+        # The same number of generator steps for every model, however many slices it trains on.
+        count = len(np.load(folder / "train" / "T1ce.npy", mmap_mode="r"))
+        epochs, per_epoch = epochs_for(args.steps, count, recipe_batch(config))
         timings[f"train_{exp}"] = run_step(f"training {exp}: {epochs} epochs of {per_epoch} steps", "train.py",
-                                           ["--config", config, "--input_path", slices, "--output_path",
+                                           ["--config", config, "--input_path", folder, "--output_path",
                                             out / "results", "--exp", exp, "--num_epoch", epochs,
                                             "--save_ckpt_every", epochs, "--device", args.device, "--num_workers", 0,
-                                            *context, "--overwrite"])
+                                            *extra, "--overwrite"])
+    epochs, per_epoch = epochs_for(args.steps, train_slices, recipe_batch(config))
     timings["drop"] = run_step(f"{MISSING} dropped from the test cases", "brasyn.py",
                                ["drop", "--input", cases, "--split_file", cases / "splits" / "test.list",
                                 "--missing", MISSING, "--out", out / "brasyn" / "val", "--truth",
@@ -125,11 +155,12 @@ def prepare(args: argparse.Namespace, config: Path, out: Path) -> dict:
     return {"seconds": timings, "epochs": epochs, "steps": epochs * per_epoch, "train_slices": train_slices}
 
 
-def complete_variant(args: argparse.Namespace, out: Path, variant: str, resolution: int, segmenter: Path | None
-                     ) -> dict[str, float]:
-    """Complete, score and segment one variant into out/<variant>/; the seconds of each step."""
+def complete_variant(args: argparse.Namespace, out: Path, variant: str, scoring: list[object],
+                     segmenter: Path | None) -> dict[str, float]:
+    """Complete, score (with `scoring`, score's resolution and slice range) and segment one variant into
+    out/<variant>/; the seconds of each step."""
     folder, brasyn = out / variant, out / "brasyn"
-    exp, flags = variants(args.context_slices)[variant]
+    exp, flags = variants(args.context_slices, args.slices_all, args.variants)[variant]
     timings = {"complete": run_step(f"completion, {variant.replace('_', ' ')}", "brasyn.py",
                                     ["complete", "--input", brasyn / "val", "--models",
                                      f"{MISSING}={out / 'results' / exp}",
@@ -137,7 +168,7 @@ def complete_variant(args: argparse.Namespace, out: Path, variant: str, resoluti
                                      *flags, "--overwrite"])}
     timings["score"] = run_step(f"volume scores, {variant.replace('_', ' ')}", "brasyn.py",
                                 ["score", "--completed", folder / "completed", "--truth", brasyn / "truth",
-                                 "--out", folder / "metrics", "--model_resolution", resolution])
+                                 "--out", folder / "metrics", *scoring])
     # The first variant trains the segmenter; the second reuses it, so both are read by the same network.
     trained = ["--segmenter", segmenter] if segmenter else [
         "--train", out / "seg_train", "--epochs", args.seg_epochs, "--image_size", args.seg_image_size,
@@ -153,7 +184,7 @@ def collect(folder: Path) -> dict:
     score = json.loads((folder / "metrics" / f"{METRICS_NAME}.json").read_text())["summary"]["all"]
     report = json.loads((folder / "completed" / f"{REPORT_NAME}.json").read_text())
     segment = json.loads((folder / "segmentation" / f"{SEG_REPORT_NAME}.json").read_text())["summary"]["all"]
-    coherence = [*COHERENCE_COLUMNS, *(f"baseline_{c}" for c in COHERENCE_COLUMNS)]
+    coherence = [p + c for p in ("", "baseline_") for c in (*COHERENCE_COLUMNS, *RANGE_COLUMNS)]
     return {"coherence": {c: score[c] for c in coherence}, "score": score,
             "slices_outside_training": {r["case"]: r["slices_outside_training"] for r in report["cases"]},
             "slices": {r["case"]: r["slices"] for r in report["cases"]}, "segmentation": segment}
@@ -175,7 +206,7 @@ def goals(summary: dict) -> dict[str, bool]:
     ratio = summary["segmentation"]["ratio_completed_to_real"][CONVENTION]
     dice = {v: {r: seg[v][f"dice_{r}"]["mean"] for r in ("WT", "TC", "ET")} for v in seg}
     mean = {c: summary["coherence"][c]["mean"] for c in ("ssim_axial", "ssim_coronal", "ssim_sagittal",
-                                                           "gradient_ratio")}
+                                                           "gradient_ratio", *RANGE_COLUMNS)}
 
     result = {}
     for region, share in (("ET", 0.90), ("TC", 0.90), ("WT", 0.95)):
@@ -188,6 +219,11 @@ def goals(summary: dict) -> dict[str, bool]:
     for plane in ("coronal", "sagittal"):
         result[f"ssim_{plane}_within_0.01_of_axial"] = _within(mean[f"ssim_{plane}"], mean["ssim_axial"], 0.01)
     result["gradient_ratio_within_2pct"] = _within(mean["gradient_ratio"], 1.0, 0.02)
+    result["ssim_outside_within_0.03_of_inside"] = _within(mean["ssim_axial_outside"], mean["ssim_axial_inside"],
+                                                           0.03)
+    inside, outside = mean["brightness_ratio_std_inside"], mean["brightness_ratio_std_outside"]
+    result["brightness_spread_outside_le_2x_inside"] = inside is not None and outside is not None and \
+        outside <= 2 * inside
     return {name: bool(result[name]) for name in GOALS}
 
 
@@ -256,6 +292,11 @@ def print_report(report: dict, out: Path) -> None:
               + f", gradient ratio {_fmt(c['baseline_gradient_ratio'])}, brightness ratio "
               f"{_fmt(c['baseline_brightness_ratio'])} ± {_fmt(c['baseline_brightness_ratio_std'])}")
         print(f"  slices outside training: {summary['slices_outside_training']} of {summary['slices']}")
+        print("  axial SSIM inside/outside the middle slices " + " / ".join(
+            _fmt(c[f"ssim_axial_{side}"]) for side in ("inside", "outside")) + ", brightness ratio " + " / ".join(
+            f"{_fmt(c[f'brightness_ratio_{side}'])} ± {_fmt(c[f'brightness_ratio_std_{side}'])}"
+            for side in ("inside", "outside")) + " (T1 copy: SSIM " + " / ".join(
+            _fmt(c[f"baseline_ssim_axial_{side}"]) for side in ("inside", "outside")) + ")")
         seg = summary["segmentation"][CONVENTION]
         for version, scores in seg.items():
             print(f"  Dice WT/TC/ET {version:10} " + " / ".join(_fmt(scores[f"dice_{r}"]["mean"]) for r in
@@ -280,13 +321,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out = Path(args.out).resolve()
     started = time.time()
     run = prepare(args, config, out)
-    resolution = int(json.loads((out / "results" / EXP / CONFIG_NAME).read_text())["image_size"])
-    first, *others = variants(args.context_slices)
-    run["seconds"][first] = complete_variant(args, out, first, resolution, None)
+    base = json.loads((out / "results" / EXP / CONFIG_NAME).read_text())
+    resolution, middle = int(base["image_size"]), base["train_slice_range"]
+    # Every variant is scored inside/outside the same middle slices, those the base model was trained on.
+    scoring = ["--model_resolution", resolution, "--slice_range", *middle]
+    first, *others = variants(args.context_slices, args.slices_all, args.variants)
+    run["seconds"][first] = complete_variant(args, out, first, scoring, None)
     for variant in others:
         segmenter = out / first / "segmentation" / SEGMENTER_NAME
-        run["seconds"][variant] = complete_variant(args, out, variant, resolution, segmenter)
-    summaries = {variant: collect(out / variant) for variant in variants(args.context_slices)}
+        run["seconds"][variant] = complete_variant(args, out, variant, scoring, segmenter)
+    chosen = variants(args.context_slices, args.slices_all, args.variants)
+    summaries = {variant: collect(out / variant) for variant in chosen}
     case = figure_case(out / "brasyn" / "truth", {v: out / v / "completed" for v in summaries})
     draw_volumes(case, out / "volumes.png")
     report = {
@@ -294,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "threads": args.threads, "device": args.device},
         "recipe": json.loads(config.read_text()), "normalize": "median", "missing": MISSING,
-        "model_resolution": resolution, "epochs": run["epochs"], "steps": run["steps"],
+        "model_resolution": resolution, "middle_slices": middle, "epochs": run["epochs"], "steps": run["steps"],
         "train_slices": run["train_slices"], "test_cases": len(case_folders(out / "brasyn" / "truth", "--truth")),
         "segmenter": {"epochs": args.seg_epochs, "image_size": args.seg_image_size, "channels": args.seg_channels,
                       "train": "the training split's cases"},

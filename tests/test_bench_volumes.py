@@ -17,16 +17,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_context_slices_adds_a_variant_with_its_own_model() -> None:
-    """--context_slices K completes once more, with a second experiment; 0 keeps the two noise variants of EXP."""
+    """--context_slices K and --slices_all each complete once more, with an experiment of their own; without them
+    every variant uses EXP."""
     assert variants(0) == {name: (EXP, flags) for name, flags in VARIANTS.items()}
-    extra = variants(2)
-    assert list(extra)[:2] == list(VARIANTS) and extra["context_slices_2"] == (f"{EXP}_context2", [])
+    extra = variants(2, slices_all=True)
+    assert list(extra)[:len(VARIANTS)] == list(VARIANTS) and extra["context_slices_2"] == (f"{EXP}_context2", [])
+    assert extra["slices_all"] == (f"{EXP}_all", [])
+    assert list(variants(0, chosen=["shared_noise"])) == ["shared_noise"]
 
 
 def _check_variant(summary: dict, goals: dict) -> None:
     """Coherence columns and their baseline twins, slices outside training, Dice/HD95 of every version, goals."""
     for column in (*COHERENCE_COLUMNS, *(f"baseline_{c}" for c in COHERENCE_COLUMNS)):
         assert set(summary["coherence"][column]) >= {"mean", "std"}, column
+    for column in ("ssim_axial_inside", "ssim_axial_outside", "baseline_ssim_axial_outside"):
+        assert summary["coherence"][column]["mean"] is not None, column  # scored inside and outside the middle
     assert summary["slices_outside_training"] and all(isinstance(n, int)
                                                       for n in summary["slices_outside_training"].values())
     for convention in ("2019", "2023"):
@@ -39,20 +44,25 @@ def _check_variant(summary: dict, goals: dict) -> None:
 
 
 def test_volume_benchmark_smoke_run(tmp_path: Path) -> None:
-    """One training step on three 32-voxel cases, a one-epoch segmenter: the JSON is complete, the figure drawn."""
+    """One training step per model on three 32-voxel cases, a one-epoch segmenter: the JSON is complete, the figure
+    drawn."""
     recipe = tmp_path / "tiny.json"
     recipe.write_text(json.dumps(TINY_RECIPE))
     out = tmp_path / "volumes"
     result = subprocess.run([sys.executable, "bench/bench_volumes.py", "--config", str(recipe), "--steps", "1",
                              "--cases", "3", "--volume_size", "32", "--slices", "4", "--seg_epochs", "1",
-                             "--seg_image_size", "32", "--seg_channels", "8", "16", "--threads", "1",
+                             "--seg_image_size", "32", "--seg_channels", "8", "16", "--threads", "1", "--slices_all",
+                             "--variants", "independent_noise", "shared_noise_and_intensity",
                              "--device", "cpu", "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "volumes.json").read_text())
-    assert set(report["variants"]) == set(report["goals"]) == set(VARIANTS)
+    assert set(report["variants"]) == set(report["goals"]) == {"independent_noise", "shared_noise_and_intensity",
+                                                               "slices_all"}
     assert report["steps"] == 1 and report["model_resolution"] == 64 and report["test_cases"] == 1
-    for variant in VARIANTS:
+    assert len(report["middle_slices"]) == 2 and report["variants"]["slices_all"]["slices_outside_training"] == {
+        case: 0 for case in report["variants"]["slices_all"]["slices"]}  # trained on every brain slice
+    for variant in report["variants"]:
         _check_variant(report["variants"][variant], report["goals"][variant])
     assert (out / "volumes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "goals met" in result.stdout

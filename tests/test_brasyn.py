@@ -224,6 +224,12 @@ def test_report_counts_slices_outside_the_trained_range(dropped: dict, models: d
     unranged = brasyn_cli(["score", "--completed", str(out), "--truth", str(dropped["truth"] / case), "--out",
                            str(tmp_path / "metrics")])[0]
     assert all(math.isnan(unranged[c]) for c in RANGE_COLUMNS) and unranged["ssim_axial"] == scored["ssim_axial"]
+    given = brasyn_cli(["score", "--completed", str(out), "--truth", str(dropped["truth"] / case), "--out",
+                        str(tmp_path / "metrics"), "--slice_range", "4", "6"])[0]
+    assert all(given[c] == scored[c] for c in RANGE_COLUMNS)  # the range the report held, given by hand
+    with pytest.raises(UserError, match="--slice_range 6 4: give FIRST <= LAST"):
+        brasyn_cli(["score", "--completed", str(out), "--truth", str(dropped["truth"] / case), "--out",
+                    str(tmp_path / "metrics"), "--slice_range", "6", "4"])
 
 
 def test_single_case_is_kept_then_redone_identically(dropped: dict, completed: dict, models: dict) -> None:

@@ -59,6 +59,10 @@ def brasyn_parser(description: str | None = None) -> argparse.ArgumentParser:
                        help="compute the 3-D coherence columns (per-plane SSIM, slice brightness, gradient ratio) "
                             "with each axial plane resized to N x N first, the model's --image_size; unset, on the "
                             "volumes' own grid; the other columns are unchanged")
+    score.add_argument("--slice_range", type=int, nargs=2, default=None, metavar=("FIRST", "LAST"),
+                       help="axial slices (0-based, inclusive) that the *_inside columns score, the rest go to "
+                            "*_outside; default: the range each model was trained on, from --completed's "
+                            "brasyn_report.json (e.g. 37 116 for the published BraTS weights, which record none)")
     add_segment_args(commands.add_parser("segment", help="Dice and HD95 of a segmenter on real, completed, copied "
                                                          "and zero-filled inputs"))
     add_export_args(commands.add_parser("export", help="completed cases in nnU-Net v2 naming, with dataset.json"))
