@@ -187,12 +187,12 @@ def score_cases(args: argparse.Namespace) -> list[dict]:
     if resolution is not None and resolution < SSIM_WINDOW:
         raise UserError(f"--model_resolution {resolution} is below SSIM's {SSIM_WINDOW}-pixel window; give the "
                         "model's --image_size (e.g. 64 or 256)")
-    jobs = [_score_job(read_case_folder(f), completed) for f in case_folders(truth_root, "--truth")]
     if args.slice_range is not None and not 0 <= args.slice_range[0] <= args.slice_range[1]:
         raise UserError(f"--slice_range {args.slice_range[0]} {args.slice_range[1]}: give FIRST <= LAST, both >= 0")
-    trained = trained_ranges(completed)
-    if args.slice_range is not None:
-        trained = dict.fromkeys(BRATS_CONTRASTS, list(args.slice_range))
+    jobs = [_score_job(read_case_folder(f), completed) for f in case_folders(truth_root, "--truth")]
+    # A range given by hand serves every contrast; the report is read only without one.
+    trained = (dict.fromkeys(BRATS_CONTRASTS, list(args.slice_range)) if args.slice_range is not None
+               else trained_ranges(completed))
     with tqdm(jobs, desc="scoring", unit="case") as bar:
         rows = [_score_case(job, resolution, trained.get(job.contrast)) for job in bar]
     summary = _summary(rows)

@@ -69,12 +69,6 @@ def plane_ssim_scores(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, a
     return planes + box[axis].start, np.asarray(scores)
 
 
-def plane_ssim(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, axis: int) -> float:
-    """Mean over the planes across `axis` that hold brain of their 2-D SSIM averaged over brain pixels; [0, 1] data."""
-    scores = plane_ssim_scores(truth, synth, brain, axis)[1]
-    return float(scores.mean()) if scores.size else math.nan
-
-
 def slice_brightness_ratios(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray) -> np.ndarray:
     """Per axial slice with brain: synthesis brain mean / truth brain mean (NaN where the truth's mean is 0)."""
     ratios = []
@@ -123,7 +117,7 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
     return (float(finite.mean()), float(finite.std())) if finite.size else (math.nan, math.nan)
 
 
-def _in_range(indices: np.ndarray, trained: Sequence[int]) -> np.ndarray:
+def in_slice_range(indices: np.ndarray, trained: Sequence[int]) -> np.ndarray:
     """Which slice indices lie in the [first, last] range."""
     return (indices >= trained[0]) & (indices <= trained[1])
 
@@ -135,9 +129,9 @@ def range_metrics(axial: tuple[np.ndarray, np.ndarray], ratios: np.ndarray, slic
         return dict.fromkeys(RANGE_COLUMNS, math.nan)
     result = {}
     for side, keep in (("inside", True), ("outside", False)):
-        scores = axial[1][_in_range(axial[0], trained) == keep]
+        scores = axial[1][in_slice_range(axial[0], trained) == keep]
         result[f"ssim_axial_{side}"] = float(scores.mean()) if scores.size else math.nan
-        side_ratios = ratios[_in_range(slices, trained) == keep]
+        side_ratios = ratios[in_slice_range(slices, trained) == keep]
         result[f"brightness_ratio_{side}"], result[f"brightness_ratio_std_{side}"] = _mean_std(side_ratios)
     return result
 
@@ -151,14 +145,13 @@ def coherence_metrics(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, s
     if size is not None:
         truth, mask = at_resolution(truth, brain, size)
         synth, brain = at_resolution(synth, brain, size)[0], mask
-    axial = plane_ssim_scores(truth, synth, brain, PLANES["axial"])
-    result = {"ssim_axial": float(axial[1].mean()) if axial[1].size else math.nan}
-    result.update({f"ssim_{plane}": plane_ssim(truth, synth, brain, axis) for plane, axis in PLANES.items()
-                   if plane != "axial"})
+    planes = {plane: plane_ssim_scores(truth, synth, brain, axis) for plane, axis in PLANES.items()}
+    result = {f"ssim_{plane}": float(scores.mean()) if scores.size else math.nan
+              for plane, (_, scores) in planes.items()}
     ratios = slice_brightness_ratios(truth, synth, brain)
     result["brightness_ratio"], result["brightness_ratio_std"] = _mean_std(ratios)
     result["brightness_step"] = brightness_steps(ratios)
     truth_ratio = through_plane_ratio(truth, brain)
     result["gradient_ratio"] = through_plane_ratio(synth, brain) / truth_ratio if truth_ratio > 0 else math.nan
     slices = np.flatnonzero(brain.any(axis=(0, 1)))
-    return {**result, **range_metrics(axial, ratios, slices, trained)}
+    return {**result, **range_metrics(planes["axial"], ratios, slices, trained)}

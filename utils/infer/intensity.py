@@ -5,6 +5,8 @@ from typing import Sequence
 
 import numpy as np
 
+from utils.eval.coherence import in_slice_range
+
 # Width (in slices, the Gaussian's sigma) of the curve's smoothing: wide enough to average out one slice's error,
 # narrow next to the ~130 brain slices of a BraTS volume, so anatomy's own brightness changes stay.
 SMOOTHING_SLICES = 4.0
@@ -41,7 +43,7 @@ def steady_brightness(synth: np.ndarray, inputs: Sequence[np.ndarray], brain: np
     reference = slice_means(np.mean(inputs, axis=0), brain, slices)
     ratio = slice_means(synth, brain, slices) / np.where(reference > 0, reference, np.nan)
     usable = np.isfinite(ratio) & (ratio > 0)
-    fit = usable & ((slices >= trained[0]) & (slices <= trained[1]) if trained is not None else True)
+    fit = usable & (in_slice_range(slices, trained) if trained is not None else True)
     if not fit.any():
         fit = usable
     if not fit.any():
