@@ -2,6 +2,7 @@
 
     python brasyn.py drop --input BRATS_CASES --out val --truth truth --missing T1ce FLAIR
     python brasyn.py complete --input val --models T1ce=results/exp_t1ce FLAIR=results/exp_flair --out completed
+    python brasyn.py refine --train BRATS_TRAINING_CASES --models T1ce=results/exp_t1ce   (then complete --refine)
     python brasyn.py score --completed completed --truth truth --out metrics
     python brasyn.py segment --train BRATS_TRAINING_CASES --truth truth --completed completed --out segmentation
     python brasyn.py export --completed completed --truth truth --out nnunet/Dataset900_BraSyn
@@ -10,6 +11,8 @@ drop: BraSyn-style cases from complete BraTS cases (any release's names): one mo
 dropped image and the segmentation kept in --truth. complete: for every case folder (each lacking one modality),
 synthesise the missing one with the experiment trained for it, on the case's grid and under its BraTS name, and copy
 the three present files, so each output folder is a complete case; a report goes to <out>/brasyn_report.{json,csv}.
+refine (new, optional): train an experiment's light 3-D refiner on its syntheses of complete training cases;
+complete --refine then corrects each stacked volume across its slices.
 score: SSIM and PSNR of each synthesis against the truth within the brain, the tumour and the rest of the brain.
 segment: the downstream check. A MONAI U-Net trained on --train's real cases segments each held-out case from the
 real images, the completed case, the copy baseline and a zero-filled channel: Dice and HD95 of WT, TC and ET.

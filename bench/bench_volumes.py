@@ -5,8 +5,9 @@
 Makes phantom cases in BraTS 2023 naming with split lists (demo/make_sample_data.py), preprocesses them
 (--normalize median), trains the small-budget recipe (configs/quickstart.json unless --config) for about --steps
 generator steps, drops T1ce from the test split's cases (brasyn.py drop) and completes them four times (brasyn.py
-complete: as the original samples, with --shared_noise, with --intensity_reference inputs, with both;
---context_slices K and --slices_all add a model each). Each completion is scored against the truth at the model's
+complete: as the original samples, with --shared_noise, with --intensity_reference inputs, with both, and with
+--refine after brasyn.py refine trained a 3-D refiner on the training split's cases; --context_slices K and
+--slices_all add a model each). Each completion is scored against the truth at the model's
 resolution, inside and outside the middle slices the base model was trained on (brasyn.py score --model_resolution
 --slice_range), and segmented (brasyn.py segment: one U-Net, trained on the training split's cases, reads every
 variant). Writes --out/volumes.json (every summary and the goals as booleans) and --out/volumes.png (axial, coronal
@@ -53,12 +54,13 @@ from utils.eval.metrics import percentile_minmax  # noqa: E402
 
 EXP = "volumes"
 MISSING = "T1ce"
-# The completions without a new option's model: every slice with fresh sampler noise (the original's way), one draw
-# per volume, the brightness steadied along the volume, and both. --context_slices K adds one by a model trained
-# with that 2.5-D conditioning, --slices_all one by a model trained on every brain slice.
+# The completions by the base model: every slice with fresh sampler noise (the original's way), one draw per volume,
+# the brightness steadied along the volume, both, and the stack passed through a 3-D refiner (brasyn.py refine,
+# trained on the training split's cases). --context_slices K adds one by a model trained with that 2.5-D
+# conditioning, --slices_all one by a model trained on every brain slice.
 INTENSITY = ["--intensity_reference", "inputs"]
 VARIANTS = {"independent_noise": [], "shared_noise": ["--shared_noise"], "intensity_reference": INTENSITY,
-            "shared_noise_and_intensity": ["--shared_noise", *INTENSITY]}
+            "shared_noise_and_intensity": ["--shared_noise", *INTENSITY], "refined": ["--refine"]}
 # The label convention the goals read (the phantom cases carry BraTS 2023 names and labels; regions agree in both).
 CONVENTION = "2023"
 GOALS = {
@@ -90,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also train a model with train.py --context_slices K (2.5-D) and complete with it")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                         help="the completions of the base model to run (the first also trains the segmenter)")
+    parser.add_argument("--refiner_steps", type=int, default=1000, help="brasyn.py refine --steps (variant refined)")
     parser.add_argument("--slices_all", action="store_true",
                         help="also train a model on every brain slice (pre_process.py --slices all) and complete "
                              "with it; it is scored on the same inside/outside slices as the others")
@@ -97,24 +100,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def model_table(context_slices: int, slices_all: bool) -> dict[str, tuple[str | None, str, list[object]]]:
+    """Every model a run trains: experiment -> (the variant it adds, or None for the base model's variants; its
+    preprocessed slices' folder; train.py's extra flags)."""
+    table: dict[str, tuple[str | None, str, list[object]]] = {EXP: (None, "slices", [])}
+    if context_slices:
+        table[f"{EXP}_context{context_slices}"] = (f"context_slices_{context_slices}", "slices",
+                                                   ["--context_slices", context_slices])
+    if slices_all:
+        table[f"{EXP}_all"] = ("slices_all", "slices_all", [])
+    return table
+
+
 def variants(context_slices: int, slices_all: bool = False, chosen: Sequence[str] = tuple(VARIANTS)
              ) -> dict[str, tuple[str, list[str]]]:
     """Each completion variant: its experiment name and brasyn.py complete's extra flags."""
     found = {name: (EXP, flags) for name, flags in VARIANTS.items() if name in chosen}
-    if context_slices:
-        found[f"context_slices_{context_slices}"] = (f"{EXP}_context{context_slices}", [])
-    if slices_all:
-        found["slices_all"] = (f"{EXP}_all", [])
+    for exp, (variant, _, _) in model_table(context_slices, slices_all).items():
+        if variant:
+            found[variant] = (exp, [])
     return found
 
 
 def training_runs(args: argparse.Namespace, out: Path) -> dict[str, tuple[Path, list[object]]]:
     """Each experiment the variants need: its preprocessed slices and train.py's extra flags."""
-    runs = {}
-    for exp, _ in variants(args.context_slices, args.slices_all, args.variants).values():
-        context = ["--context_slices", args.context_slices] if exp == f"{EXP}_context{args.context_slices}" else []
-        runs[exp] = (out / ("slices_all" if exp == f"{EXP}_all" else "slices"), context)
-    return runs
+    table = model_table(args.context_slices, args.slices_all)
+    needed = {exp for exp, _ in variants(args.context_slices, args.slices_all, args.variants).values()}
+    return {exp: (out / folder, flags) for exp, (_, folder, flags) in table.items() if exp in needed}
 
 
 def copy_training_cases(cases: Path, dest: Path) -> None:
@@ -152,6 +164,11 @@ def prepare(args: argparse.Namespace, config: Path, out: Path) -> dict:
                                 "--missing", MISSING, "--out", out / "brasyn" / "val", "--truth",
                                 out / "brasyn" / "truth", "--overwrite"])
     copy_training_cases(cases, out / "seg_train")
+    if "refined" in args.variants:
+        timings["refine"] = run_step(f"refiner of {EXP}, {args.refiner_steps} steps", "brasyn.py",
+                                     ["refine", "--train", out / "seg_train", "--models",
+                                      f"{MISSING}={out / 'results' / EXP}", "--epoch", "best", "--steps",
+                                      args.refiner_steps, "--device", args.device, "--overwrite"])
     return {"seconds": timings, "epochs": epochs, "steps": epochs * per_epoch, "train_slices": train_slices}
 
 

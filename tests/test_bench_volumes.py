@@ -44,21 +44,23 @@ def _check_variant(summary: dict, goals: dict) -> None:
 
 
 def test_volume_benchmark_smoke_run(tmp_path: Path) -> None:
-    """One training step per model on three 32-voxel cases, a one-epoch segmenter: the JSON is complete, the figure
-    drawn."""
+    """One training step per model (and for the refiner) on three 32-voxel cases, a one-epoch segmenter: the JSON is
+    complete, the figure drawn."""
     recipe = tmp_path / "tiny.json"
     recipe.write_text(json.dumps(TINY_RECIPE))
     out = tmp_path / "volumes"
     result = subprocess.run([sys.executable, "bench/bench_volumes.py", "--config", str(recipe), "--steps", "1",
                              "--cases", "3", "--volume_size", "32", "--slices", "4", "--seg_epochs", "1",
                              "--seg_image_size", "32", "--seg_channels", "8", "16", "--threads", "1", "--slices_all",
-                             "--variants", "independent_noise", "shared_noise_and_intensity",
+                             "--variants", "independent_noise", "shared_noise_and_intensity", "refined",
+                             "--refiner_steps", "1",
                              "--device", "cpu", "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "volumes.json").read_text())
     assert set(report["variants"]) == set(report["goals"]) == {"independent_noise", "shared_noise_and_intensity",
-                                                               "slices_all"}
+                                                               "refined", "slices_all"}
+    assert (out / "results" / EXP / "refiner.pth").is_file() and "refine" in report["seconds"]
     assert report["steps"] == 1 and report["model_resolution"] == 64 and report["test_cases"] == 1
     assert len(report["middle_slices"]) == 2 and report["variants"]["slices_all"]["slices_outside_training"] == {
         case: 0 for case in report["variants"]["slices_all"]["slices"]}  # trained on every brain slice

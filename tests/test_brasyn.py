@@ -10,17 +10,21 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import brasyn_cli, save_tiny_experiment
+import torch
+from conftest import brasyn_cli, save_tiny_experiment, synthesis_cli
 from skimage.metrics import structural_similarity
 from test_nifti import HEADER_FIELDS
 from test_readme import BRASYN_PAGE, BRASYN_SECTION, is_user_data, make_scratch_repo, readme_commands, run, section_text
 
+from backbones.refiner import VolumeRefiner
 from demo import make_sample_data as phantom
 from utils.brasyn.drop import DROPPED_NAME, balanced_choice
 from utils.brasyn.score import volume_metrics
+from utils.core.artifacts import REFINER_CURVE, REFINER_FORMAT, REFINER_NAME, REFINER_RECORD
 from utils.core.errors import UserError, run_cli
 from utils.data.layouts import find_case_files
 from utils.eval.coherence import COHERENCE_COLUMNS, RANGE_COLUMNS
+from utils.infer.refiner import save_refiner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -319,6 +323,88 @@ def test_complete_errors_are_one_line(raw: Path, models: dict, tmp_path: Path, c
                   "--device", "cpu"], capsys)
     assert re.search(expected, err), err
     assert not out.exists()
+
+
+# -------------------------------------------------------------------------------------------------------- refine
+
+@pytest.fixture(scope="module")
+def refined_model(raw: Path, models: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the T1ce experiment with a small refiner trained for a few steps on the four complete cases."""
+    exp = tmp_path_factory.mktemp("refined") / "t1ce"
+    shutil.copytree(models["t1ce"], exp)
+    brasyn_cli(["refine", "--train", str(raw), "--models", f"T1ce={exp}", "--steps", "3", "--crop_slices", "4",
+                "--width", "4", "--blocks", "1", "--batch_size", "8", "--device", "cpu"])
+    return exp
+
+
+def test_refine_writes_a_safe_checkpoint_its_record_and_curve(refined_model: Path) -> None:
+    """refiner.pth loads with weights_only and names its settings; refiner.json holds the run, the PNG its curve."""
+    content = torch.load(refined_model / REFINER_NAME, weights_only=True)
+    image_size = json.loads((refined_model / "config.json").read_text())["image_size"]
+    assert content["format"] == REFINER_FORMAT and content["image_size"] == image_size
+    assert (content["width"], content["blocks"], content["steps"]) == (4, 1, 3)
+    assert content["generators"] == ["gen_diffusive_1.pth", "gen_diffusive_2.pth"]
+    record = json.loads((refined_model / REFINER_RECORD).read_text())
+    assert record["cases"] == CASES and [row["step"] for row in record["log"]] == [3]
+    assert 0 < record["l1_synthesis"] < 2 and 0 < record["l1_refined"] < 2
+    assert (refined_model / REFINER_CURVE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_complete_refine_changes_only_what_the_refiner_learnt(dropped: dict, completed: dict, refined_model: Path,
+                                                              tmp_path: Path) -> None:
+    """complete --refine: a trained refiner changes the volume a little; one whose last layer is zero (an untrained
+    one) gives exactly the completion without --refine; the report records the option."""
+    case = next(r["case"] for r in dropped["rows"] if r["missing"] == "T1ce")
+    plain = nib.load(completed["out"] / case / _name(case, "T1ce")).get_fdata()
+    argv = ["complete", "--input", str(dropped["val"] / case), "--models", f"T1ce={refined_model}", "--batch_size",
+            "8", "--device", "cpu", "--refine"]
+    brasyn_cli([*argv, "--out", str(tmp_path / "refined")])
+    refined = nib.load(tmp_path / "refined" / case / _name(case, "T1ce")).get_fdata()
+    assert not np.array_equal(refined, plain) and np.abs(refined - plain).max() < 0.2
+    assert json.loads((tmp_path / "refined" / "brasyn_report.json").read_text())["refine"] is True
+    untrained = tmp_path / "untrained"
+    shutil.copytree(refined_model, untrained)
+    record = {k: v for k, v in torch.load(untrained / REFINER_NAME, weights_only=True).items()
+              if k not in ("format", "state_dict")}
+    save_refiner(VolumeRefiner(4, 1), record, untrained / REFINER_NAME)
+    argv[4] = f"T1ce={untrained}"
+    brasyn_cli([*argv, "--out", str(tmp_path / "identity")])
+    np.testing.assert_array_equal(nib.load(tmp_path / "identity" / case / _name(case, "T1ce")).get_fdata(), plain)
+
+
+def test_test_py_nifti_refine(raw: Path, refined_model: Path, tmp_path: Path) -> None:
+    """test.py --nifti --refine writes the refined volume, which differs from the one without --refine."""
+    base = ["--output_path", str(refined_model.parent), "--exp", refined_model.name, "--nifti", "--case",
+            str(raw / CASES[0]), "--device", "cpu"]
+    synthesis_cli([*base, "--out", str(tmp_path / "plain.nii.gz")])
+    synthesis_cli([*base, "--refine", "--out", str(tmp_path / "refined.nii.gz")])
+    plain, refined = (nib.load(tmp_path / f"{n}.nii.gz").get_fdata() for n in ("plain", "refined"))
+    assert plain.shape == refined.shape and not np.array_equal(plain, refined)
+
+
+def test_refine_errors_are_one_line(raw: Path, dropped: dict, models: dict, refined_model: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture) -> None:
+    """No refiner, an existing one, incomplete training cases, a refiner of another size: one line each."""
+    case = next(r["case"] for r in dropped["rows"] if r["missing"] == "T1ce")
+    complete = ["complete", "--input", str(dropped["val"] / case), "--out", str(tmp_path / "out"), "--device", "cpu",
+                "--refine", "--models"]
+    err = _error([*complete, f"T1ce={models['t1ce']}"], capsys)
+    assert "refiner.pth does not exist; train one with brasyn.py refine" in err and not (tmp_path / "out").exists()
+    refine = ["refine", "--device", "cpu", "--steps", "1", "--models"]
+    assert "exists; pass --overwrite" in _error([*refine, f"T1ce={refined_model}", "--train", str(raw)], capsys)
+    fresh = tmp_path / "fresh"
+    shutil.copytree(models["t1ce"], fresh)
+    assert "--train takes complete cases" in _error([*refine, f"T1ce={fresh}", "--train", str(dropped["val"])],
+                                                    capsys)
+    assert not (fresh / REFINER_NAME).exists()
+    other = tmp_path / "other"
+    shutil.copytree(refined_model, other)
+    content = torch.load(other / REFINER_NAME, weights_only=True)
+    torch.save({**content, "image_size": 96}, other / REFINER_NAME)
+    assert "was trained on 96 x 96 slices" in _error([*complete, f"T1ce={other}"], capsys)
+    assert run_cli(synthesis_cli, ["--output_path", str(refined_model.parent), "--exp", refined_model.name,
+                                   "--refine", "--device", "cpu"]) == 2
+    assert "--refine corrects a whole volume" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------------- score

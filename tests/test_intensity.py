@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from utils.eval.coherence import coherence_metrics
-from utils.infer.intensity import slice_means, smooth_curve, steady_brightness
+from utils.eval.coherence import coherence_metrics, slice_means
+from utils.infer.intensity import smooth_curve, steady_brightness
 
 SHAPE = (32, 28, 30)
 

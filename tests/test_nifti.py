@@ -234,7 +234,7 @@ def test_intensity_reference_steadies_the_slice_brightness(volume_run: dict, tmp
     """--intensity_reference inputs: with the same seed, the synthesis's per-slice brain mean over the inputs' is
     steadier than without it (same brain, same slices); the test slices refuse the option."""
     from utils.data.preprocessing import normalize_volume
-    from utils.infer.intensity import slice_means
+    from utils.eval.coherence import slice_means
 
     paths = volume_run["paths"]
     conds = ["--cond1", str(paths["flair"]), "--cond2", str(paths["t2"]), "--cond3", str(paths["t1"])]

@@ -26,6 +26,7 @@ from utils.data.layouts import BRATS_CONTRASTS, BRATS_NAMINGS, Case
 from utils.data.preprocessing import check_case
 from utils.infer.coverage import UNKNOWN, describe_outside, slices_outside_training
 from utils.infer.experiment import Experiment, experiment_args, load_experiment
+from utils.infer.refiner import check_refiner
 from utils.infer.synthesizer import Synthesizer
 from utils.infer.volumes import VolumeSampling
 
@@ -61,6 +62,8 @@ def model_options(target: str, exp_dir: Path, args: argparse.Namespace) -> argpa
     if made != target:
         raise UserError(f"--models {target}={exp_dir}: that experiment synthesises {made} "
                         f"({', '.join(options.contrasts[:3])} -> {made}), not {target}; pass it as {made}={exp_dir}")
+    if getattr(args, "refine", False):
+        check_refiner(exp_dir, options.image_size)
     return options
 
 
@@ -111,7 +114,7 @@ def _report(args: argparse.Namespace, experiments: dict[str, Experiment], rows: 
     device = next(iter(experiments.values())).device if experiments else None
     record = {"input": str(Path(args.input).resolve()), "out": str(out.resolve()), "seed": args.seed,
               "batch_size": args.batch_size, "shared_noise": args.shared_noise,
-              "intensity_reference": args.intensity_reference, "device": str(device),
+              "intensity_reference": args.intensity_reference, "refine": args.refine, "device": str(device),
               "models": {t: _model_record(e) for t, e in experiments.items()},
               "intensity": "synthesised volumes: float32 in [0, 1] on the scale of the model's training data "
                            "(models.<target>.normalize: percentile = 1st-99th percentile of the voxels > 0 mapped to "

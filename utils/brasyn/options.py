@@ -3,18 +3,25 @@ from __future__ import annotations
 
 import argparse
 
-from utils.core.artifacts import SEG_FIGURE_NAME, SEG_REPORT_NAME, SEGMENTER_NAME
-from utils.core.options import ArgumentParser, add_speed_args, add_volume_sampling_args, epoch_choice
+from utils.core.artifacts import REFINER_NAME, SEG_FIGURE_NAME, SEG_REPORT_NAME, SEGMENTER_NAME
+from utils.core.options import (
+    ArgumentParser,
+    add_shared_noise_arg,
+    add_speed_args,
+    add_volume_sampling_args,
+    epoch_choice,
+)
 from utils.data.layouts import BRATS_CONTRASTS, BRATS_NAMINGS
 
 DEFAULT_CHANNELS = (16, 32, 64, 128)  # the segmenter's U-Net widths: small enough to train on a CPU in minutes
 
 
 def brasyn_parser(description: str | None = None) -> argparse.ArgumentParser:
-    """brasyn.py's parser: the five subcommands and their options."""
+    """brasyn.py's parser: the six subcommands and their options."""
     parser = ArgumentParser("brasyn.py", description=description)
     # The subcommands' parsers are ArgumentParsers too (argparse makes them of the parent's class).
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{drop,complete,score,segment,export}")
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     metavar="{drop,complete,refine,score,segment,export}")
 
     drop = commands.add_parser("drop", help="make BraSyn-style cases (one modality dropped) from complete ones")
     drop.add_argument("--input", "--input_path", dest="input", required=True,
@@ -50,6 +57,9 @@ def brasyn_parser(description: str | None = None) -> argparse.ArgumentParser:
     add_volume_sampling_args(complete)
     add_speed_args(complete)
 
+    add_refine_args(commands.add_parser("refine", help="train an experiment's 3-D refiner (used by complete --refine) "
+                                                       "on complete training cases"))
+
     score = commands.add_parser("score", help="volume SSIM and PSNR of the syntheses against the truth")
     score.add_argument("--completed", required=True, help="the folder brasyn.py complete wrote")
     score.add_argument("--truth", required=True, help="the folder brasyn.py drop kept the dropped images in")
@@ -67,6 +77,34 @@ def brasyn_parser(description: str | None = None) -> argparse.ArgumentParser:
                                                          "and zero-filled inputs"))
     add_export_args(commands.add_parser("export", help="completed cases in nnU-Net v2 naming, with dataset.json"))
     return parser
+
+
+def add_refine_args(parser: argparse.ArgumentParser) -> None:
+    """brasyn.py refine's options."""
+    parser.add_argument("--train", required=True, help="complete BraTS cases (all four modalities) of the training "
+                                                       "split: the refiner learns from the model's syntheses of them")
+    parser.add_argument("--models", nargs="+", required=True, metavar="TARGET=EXP_DIR",
+                        help=f"the experiments to train a refiner for; each gets EXP_DIR/{REFINER_NAME}")
+    parser.add_argument("--epoch", type=epoch_choice, default=None,
+                        help="refine the syntheses of gen_diffusive_{1,2}_EPOCH.pth or _best.pth (default: the "
+                             "latest); complete --refine should use the same")
+    parser.add_argument("--steps", type=int, default=1000, help="training steps")
+    parser.add_argument("--crop_slices", type=int, default=16,
+                        help="consecutive axial slices per training crop (whole planes at the model's resolution)")
+    parser.add_argument("--crops_per_step", type=int, default=2, help="crops per training step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--through_plane_weight", type=float, default=1.0,
+                        help="weight of the loss on slice-to-slice differences (against the truth's) beside the "
+                             "brain L1; 0 = L1 alone")
+    parser.add_argument("--width", type=int, default=16, help="the refiner's feature channels")
+    parser.add_argument("--blocks", type=int, default=4, help="the refiner's residual blocks (3-D, 3 x 3 x 3)")
+    parser.add_argument("--batch_size", type=int, default=4, help="slices synthesised per forward pass")
+    parser.add_argument("--seed", type=int, default=1024,
+                        help="sampling seed of every case (complete's default) and seed of the training")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--overwrite", action="store_true", help=f"replace an existing {REFINER_NAME}")
+    add_shared_noise_arg(parser)
+    add_speed_args(parser)
 
 
 def add_segment_args(parser: argparse.ArgumentParser) -> None:

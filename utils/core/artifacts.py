@@ -27,6 +27,11 @@ BEST = "best"  # --epoch best: gen_diffusive_{1,2}_best.pth, kept by train.py
 # content.pth keys of the critic and of the attention projection that turns its features into a map.
 CRITIC_KEY = "disc_diffusive_2_dict"
 ATTENTION_KEY = "att_conv_dict"
+# The optional 3-D refiner (brasyn.py refine writes it, --refine reads it) and its training record.
+REFINER_NAME = "refiner.pth"
+REFINER_FORMAT = "mu-diff-refiner/1"  # stamped into refiner.pth; a different stamp is refused on load
+REFINER_RECORD = "refiner.json"
+REFINER_CURVE = "refiner_curve.png"
 
 
 def experiment_dir(args: argparse.Namespace) -> Path:

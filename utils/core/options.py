@@ -372,17 +372,26 @@ def add_test_args(parser: argparse.ArgumentParser) -> None:
     add_volume_sampling_args(n)
 
 
-def add_volume_sampling_args(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """How the slices of one volume are sampled (test.py --nifti and brasyn.py complete)."""
+def add_shared_noise_arg(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--shared_noise (test.py --nifti, brasyn.py complete and refine)."""
     group.add_argument("--shared_noise", action="store_true", default=False,
                        help="new: draw the sampler's noise (initial image, latent z and posterior noise of every "
                             "step) once per volume and use it for every slice, so neighbouring slices do not differ "
                             "by their noise; off, every slice gets fresh noise, as in the original")
+
+
+def add_volume_sampling_args(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How the slices of one volume are sampled and stacked (test.py --nifti and brasyn.py complete)."""
+    add_shared_noise_arg(group)
     group.add_argument("--intensity_reference", choices=INTENSITY_REFERENCES, default="none",
                        help="new: inputs = rescale each synthesised slice so that its brain mean, relative to the "
                             "three inputs' on that slice, follows one smooth curve along the volume, fitted on the "
                             "slices inside the range the model was trained on and held constant beyond it; none = "
                             "the slices as sampled, as in the original")
+    group.add_argument("--refine", action="store_true", default=False,
+                       help="new: pass the stacked slices through the experiment's 3-D refiner (EXP/refiner.pth, "
+                            "trained by brasyn.py refine), which corrects them across slices from the synthesis and "
+                            "the three inputs; off, the slices as sampled, as in the original")
 
 
 def epoch_choice(value: str) -> int | str:

@@ -69,14 +69,21 @@ def plane_ssim_scores(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, a
     return planes + box[axis].start, np.asarray(scores)
 
 
+def slice_means(volume: np.ndarray, brain: np.ndarray, slices: Sequence[int]) -> np.ndarray:
+    """Brain mean of each axial slice of an (H, W, D) volume (NaN where a slice has no brain)."""
+    means = []
+    for k in slices:
+        inside = brain[:, :, k]
+        means.append(float(volume[:, :, k][inside].mean()) if inside.any() else math.nan)
+    return np.asarray(means)
+
+
 def slice_brightness_ratios(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray) -> np.ndarray:
     """Per axial slice with brain: synthesis brain mean / truth brain mean (NaN where the truth's mean is 0)."""
-    ratios = []
-    for k in np.flatnonzero(brain.any(axis=(0, 1))):
-        inside = brain[:, :, k]
-        truth_mean = float(truth[:, :, k][inside].mean())
-        ratios.append(float(synth[:, :, k][inside].mean()) / truth_mean if truth_mean > 0 else math.nan)
-    return np.asarray(ratios)
+    slices = np.flatnonzero(brain.any(axis=(0, 1)))
+    truth_means = slice_means(truth, brain, slices)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(truth_means > 0, slice_means(synth, brain, slices) / truth_means, math.nan)
 
 
 def brightness_steps(ratios: np.ndarray) -> float:

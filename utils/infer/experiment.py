@@ -22,6 +22,7 @@ from utils.core.options import DATA_KEYS, DIFFUSION_KEYS, MODEL_KEYS, PATH_KEYS,
 from utils.core.runtime import resolve_device
 from utils.data.contrasts import resolve_contrasts
 from utils.data.preprocessing import DEFAULT_NORMALIZATION
+from utils.infer.refiner import load_refiner
 from utils.model.checkpoint import load_state, read_checkpoint
 from utils.model.diffusion import Posterior_Coefficients
 from utils.model.speed import SpeedOptions, prepare_generators, prepare_process
@@ -66,6 +67,7 @@ class Experiment:
     critic_note: str = ""
     contrasts: list[str] = field(default_factory=list)
     speed: SpeedOptions = field(default_factory=SpeedOptions)
+    refiner: nn.Module | None = None  # read from EXP/refiner.pth on first use (experiment_refiner)
 
 
 def _load_critic(args: argparse.Namespace, exp_dir: Path, device: torch.device) -> tuple:
@@ -109,6 +111,18 @@ def load_experiment(args: argparse.Namespace, device: torch.device | None = None
     if with_critic:
         experiment.critic, experiment.att_proj, experiment.critic_note = _load_critic(args, exp_dir, device)
     return experiment
+
+
+def experiment_refiner(exp: Experiment) -> nn.Module:
+    """The experiment's 3-D refiner (--refine), read from EXP/refiner.pth on first use."""
+    if exp.refiner is None:
+        exp.refiner, record = load_refiner(experiment_dir(exp.args), exp.args.image_size, exp.device)
+        used = [f.name for f in exp.files]
+        if record.get("generators") not in (None, used):
+            # It learnt the errors of other weights: it still runs, but say so rather than pair them silently.
+            print(f"note: the refiner was trained on the syntheses of {', '.join(record['generators'])}, "
+                  f"these are of {', '.join(used)}")
+    return exp.refiner
 
 
 def experiment_args(exp_dir: str | Path, epoch: int | str | None = None, device: str = "auto",

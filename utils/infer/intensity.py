@@ -5,20 +5,11 @@ from typing import Sequence
 
 import numpy as np
 
-from utils.eval.coherence import in_slice_range
+from utils.eval.coherence import in_slice_range, slice_means
 
 # Width (in slices, the Gaussian's sigma) of the curve's smoothing: wide enough to average out one slice's error,
 # narrow next to the ~130 brain slices of a BraTS volume, so anatomy's own brightness changes stay.
 SMOOTHING_SLICES = 4.0
-
-
-def slice_means(volume: np.ndarray, brain: np.ndarray, slices: Sequence[int]) -> np.ndarray:
-    """Brain mean of each axial slice of an (H, W, D) volume (NaN where a slice has no brain)."""
-    means = []
-    for k in slices:
-        inside = brain[:, :, k]
-        means.append(float(volume[:, :, k][inside].mean()) if inside.any() else np.nan)
-    return np.asarray(means)
 
 
 def smooth_curve(positions: np.ndarray, values: np.ndarray, at: np.ndarray, sigma: float) -> np.ndarray:

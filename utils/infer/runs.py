@@ -37,6 +37,7 @@ from utils.infer.outputs import (
     model_record,
     synth_to_original,
 )
+from utils.infer.refiner import check_refiner
 from utils.infer.sampling import Synthesis, synthesize
 from utils.infer.volumes import VolumeSampling, synthesize_volume
 
@@ -198,6 +199,11 @@ def run_synthesis(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if args.intensity_reference != "none" and not volume_mode:
         raise UserError("--intensity_reference steadies the brightness along one volume: use it with --nifti "
                         "(--case or --cond1/2/3), or drop it for the test slices")
+    if args.refine and not volume_mode:
+        raise UserError("--refine corrects a whole volume across its slices: use it with --nifti (--case or "
+                        "--cond1/2/3), or drop it for the test slices")
+    if args.refine:
+        check_refiner(experiment_dir(args), args.image_size)
     # Inputs are checked before the (slow) model loading, so a wrong path fails at once.
     inputs = _volume_inputs(args, args.contrasts) if volume_mode else open_split(args)
     target = volume_output_path(args, inputs[1], args.contrasts[3]) if volume_mode else slice_output_dir(args)

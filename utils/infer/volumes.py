@@ -23,8 +23,9 @@ from utils.data.preprocessing import (
     normalize_volume,
     resize_slices,
 )
-from utils.infer.experiment import Experiment
+from utils.infer.experiment import Experiment, experiment_refiner
 from utils.infer.intensity import steady_brightness
+from utils.infer.refiner import refine_stack
 from utils.infer.sampling import synthesize
 from utils.model.diffusion import SharedNoise
 
@@ -36,11 +37,12 @@ class VolumeSampling:
 
     shared_noise: bool = False  # one draw of the sampler's noise (SharedNoise) for every slice
     intensity_reference: str = "none"  # "inputs": steady_brightness along the volume
+    refine: bool = False  # the experiment's 3-D refiner (utils/infer/refiner.py) across the stacked slices
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> VolumeSampling:
-        """The record of parsed --shared_noise and --intensity_reference."""
-        return cls(args.shared_noise, args.intensity_reference)
+        """The record of parsed --shared_noise, --intensity_reference and --refine."""
+        return cls(args.shared_noise, args.intensity_reference, args.refine)
 
 
 @dataclass
@@ -50,6 +52,18 @@ class CaseSynthesis:
     maps: dict[str, np.ndarray]  # "synth", and with uncertainty "disagreement" (and "critic" when available)
     brain: np.ndarray
     slices: list[int]
+    reference: nib.Nifti1Image
+
+
+@dataclass
+class SampledStack:
+    """A volume's synthesised axial slices in model space [-1, 1], before they go back to the case's grid."""
+
+    outputs: dict[str, torch.Tensor]  # (N, 1, S, S): "synth", and with uncertainty "disagreement" (and "critic")
+    conditions: torch.Tensor  # (N, 3, S, S): each conditioning contrast's own slice (the centre of any context)
+    slices: list[int]
+    volumes: list[np.ndarray]  # the three conditioning volumes as read
+    brain: np.ndarray
     reference: nib.Nifti1Image
 
 
@@ -101,7 +115,7 @@ def _batches(items: Sequence[int], size: int) -> list[list[int]]:
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
-def _read_conditions(conditions: Sequence[str | Path | np.ndarray]) -> tuple[list[np.ndarray], nib.Nifti1Image]:
+def read_conditions(conditions: Sequence[str | Path | np.ndarray]) -> tuple[list[np.ndarray], nib.Nifti1Image]:
     """The three conditioning volumes (NIfTI paths or (H, W, D) arrays) on one grid, and a NIfTI image to copy."""
     volumes, reference = [], None
     for i, item in enumerate(conditions):
@@ -124,6 +138,36 @@ def _read_conditions(conditions: Sequence[str | Path | np.ndarray]) -> tuple[lis
     return volumes, reference if reference is not None else nib.Nifti1Image(np.zeros((1, 1, 1), np.float32), np.eye(4))
 
 
+def sample_stack(exp: Experiment, conditions: Sequence[str | Path | np.ndarray], batch_size: int = 1,
+                 uncertainty: bool = False, slice_indices: Sequence[int] | None = None, progress: Callable = tqdm,
+                 shared_noise: bool = False) -> SampledStack:
+    """Sample the target's axial slices for a case's three conditions (NIfTI files or arrays), in model space.
+
+    By default every axial slice with brain is synthesised; `slice_indices` picks some (e.g. one for a preview).
+    """
+    volumes, reference = read_conditions(conditions)
+    mask = brain_mask(volumes)
+    brain_slices = [int(k) for k in np.flatnonzero(mask.any(axis=(0, 1)))]
+    chosen = brain_slices if slice_indices is None else [int(k) for k in slice_indices]
+    size, context = exp.args.image_size, exp.args.context_slices
+    conds = [condition_slices(v, chosen, size, context, f"--cond{i + 1}", exp.args.normalize)
+             for i, v in enumerate(volumes)]
+    # Everything is collected in model space [-1, 1] so one inverse (from_model_space) maps it back; the
+    # uncertainty maps are [0, 1] quantities, hence the 2m − 1.
+    outputs: dict[str, list[torch.Tensor]] = {"synth": [], "disagreement": [], "critic": []}
+    noise = (SharedNoise.draw(exp.args.num_timesteps, exp.args.nz, (exp.args.num_channels, size, size), exp.device)
+             if shared_noise else None)
+    for chunk in progress(_batches(range(len(chosen)), batch_size), desc="slices", unit="batch"):
+        result = synthesize(exp, *(c[chunk] for c in conds), uncertainty=uncertainty, noise=noise)
+        outputs["synth"].append(result.sample.cpu())
+        for name, value in (("disagreement", result.disagreement), ("critic", result.critic_map)):
+            if value is not None:
+                outputs[name].append(unit_to_model(value).cpu())
+    own = torch.cat([c[:, context:context + 1] for c in conds], dim=1)
+    return SampledStack(outputs={name: torch.cat(parts) for name, parts in outputs.items() if parts},
+                        conditions=own, slices=chosen, volumes=volumes, brain=mask, reference=reference)
+
+
 def synthesize_case(exp: Experiment, conditions: Sequence[str | Path | np.ndarray], batch_size: int = 1,
                     uncertainty: bool = False, slice_indices: Sequence[int] | None = None,
                     progress: Callable = tqdm, sampling: VolumeSampling = VolumeSampling()) -> CaseSynthesis:
@@ -132,31 +176,18 @@ def synthesize_case(exp: Experiment, conditions: Sequence[str | Path | np.ndarra
     By default every axial slice with brain is synthesised; `slice_indices` picks some (e.g. one for a preview).
     `sampling` says how the slices are sampled and stacked (VolumeSampling).
     """
-    volumes, reference = _read_conditions(conditions)
-    mask = brain_mask(volumes)
-    brain_slices = [int(k) for k in np.flatnonzero(mask.any(axis=(0, 1)))]
-    chosen = brain_slices if slice_indices is None else [int(k) for k in slice_indices]
-    size = exp.args.image_size
-    conds = [condition_slices(v, chosen, size, exp.args.context_slices, f"--cond{i + 1}", exp.args.normalize)
-             for i, v in enumerate(volumes)]
-    # Everything is collected in model space [-1, 1] so one inverse (from_model_space) maps it back; the
-    # uncertainty maps are [0, 1] quantities, hence the 2m − 1.
-    outputs: dict[str, list[torch.Tensor]] = {"synth": [], "disagreement": [], "critic": []}
-    noise = (SharedNoise.draw(exp.args.num_timesteps, exp.args.nz, (exp.args.num_channels, size, size), exp.device)
-             if sampling.shared_noise else None)
-    for chunk in progress(_batches(range(len(chosen)), batch_size), desc="slices", unit="batch"):
-        result = synthesize(exp, *(c[chunk] for c in conds), uncertainty=uncertainty, noise=noise)
-        outputs["synth"].append(result.sample.cpu())
-        for name, value in (("disagreement", result.disagreement), ("critic", result.critic_map)):
-            if value is not None:
-                outputs[name].append(unit_to_model(value).cpu())
-    shape = volumes[0].shape
-    maps = {name: model_slices_to_volume(torch.cat(parts), chosen, shape, size) * mask
-            for name, parts in outputs.items() if parts}
+    stack = sample_stack(exp, conditions, batch_size, uncertainty, slice_indices, progress, sampling.shared_noise)
+    if sampling.refine:
+        stack.outputs["synth"] = refine_stack(experiment_refiner(exp), stack.outputs["synth"], stack.conditions,
+                                              stack.slices)
+    shape, size, mask = stack.brain.shape, exp.args.image_size, stack.brain
+    maps = {name: model_slices_to_volume(part, stack.slices, shape, size) * mask
+            for name, part in stack.outputs.items()}
     if sampling.intensity_reference == "inputs":
-        inputs = [normalize_volume(v, f"--cond{i + 1}", method=exp.args.normalize) for i, v in enumerate(volumes)]
-        maps["synth"] = steady_brightness(maps["synth"], inputs, mask, chosen, exp.args.train_slice_range)
-    return CaseSynthesis(maps=maps, brain=mask, slices=chosen, reference=reference)
+        inputs = [normalize_volume(v, f"--cond{i + 1}", method=exp.args.normalize)
+                  for i, v in enumerate(stack.volumes)]
+        maps["synth"] = steady_brightness(maps["synth"], inputs, mask, stack.slices, exp.args.train_slice_range)
+    return CaseSynthesis(maps=maps, brain=mask, slices=stack.slices, reference=stack.reference)
 
 
 def synthesize_volume(exp: Experiment, cond_paths: Sequence[str | Path], out_path: str | Path,

@@ -5,6 +5,7 @@ import argparse
 
 from utils.brasyn.complete import complete_cases
 from utils.brasyn.drop import drop_modalities
+from utils.brasyn.refine import refine_models
 from utils.brasyn.score import score_cases
 from utils.seg.nnunet import export_nnunet
 
@@ -18,6 +19,6 @@ def _segment(args: argparse.Namespace) -> list[dict]:
 
 def run_brasyn(args: argparse.Namespace) -> list[dict]:
     """Run the subcommand `args.command`; returns its per-case rows."""
-    run = {"drop": drop_modalities, "complete": complete_cases, "score": score_cases, "segment": _segment,
-           "export": export_nnunet}[args.command]
+    run = {"drop": drop_modalities, "complete": complete_cases, "refine": refine_models, "score": score_cases,
+           "segment": _segment, "export": export_nnunet}[args.command]
     return run(args)
