@@ -12,8 +12,8 @@ REFRESH = ".venv/bin/python docs/cli/generate.py"
 PATH_WORD = re.compile(r"[\w-]+(/[\w-]+)*(/|\.\w+)")  # utils/core/, options.py; not "quickstart.json," or "py's"
 # The names the docs link to (README.md and docs/*.md point at these files).
 CLI_FILES = {"train.txt", "test.txt", "pre_process.txt", "metric_calc.txt", "brasyn.txt", "brasyn_drop.txt",
-             "brasyn_complete.txt", "brasyn_score.txt", "brasyn_segment.txt", "brasyn_export.txt", "quickstart.txt",
-             "make_sample_data.txt"}
+             "brasyn_complete.txt", "brasyn_refine.txt", "brasyn_score.txt", "brasyn_segment.txt", "brasyn_export.txt",
+             "quickstart.txt", "make_sample_data.txt"}
 
 
 def layout_paths(text: str) -> list[str]:

@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:
 
 CLI_DIR = Path(__file__).resolve().parent
 COLUMNS = "100"  # what argparse wraps to, so the files do not depend on the terminal that wrote them
-BRASYN_COMMANDS = ("drop", "complete", "score", "segment", "export")
+BRASYN_COMMANDS = ("drop", "complete", "refine", "score", "segment", "export")
 
 
 def script_doc(script: str) -> str:
