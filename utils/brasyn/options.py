@@ -60,23 +60,27 @@ def brasyn_parser(description: str | None = None) -> argparse.ArgumentParser:
     add_refine_args(commands.add_parser("refine", help="train an experiment's 3-D refiner (used by complete --refine) "
                                                        "on complete training cases"))
 
-    score = commands.add_parser("score", help="volume SSIM and PSNR of the syntheses against the truth")
-    score.add_argument("--completed", required=True, help="the folder brasyn.py complete wrote")
-    score.add_argument("--truth", required=True, help="the folder brasyn.py drop kept the dropped images in")
-    score.add_argument("--out", "--output_path", dest="out", required=True,
-                   help="where volume_metrics.csv and volume_metrics.json go")
-    score.add_argument("--model_resolution", type=int, default=None, metavar="N",
-                       help="compute the 3-D coherence columns (per-plane SSIM, slice brightness, gradient ratio) "
-                            "with each axial plane resized to N x N first, the model's --image_size; unset, on the "
-                            "volumes' own grid; the other columns are unchanged")
-    score.add_argument("--slice_range", type=int, nargs=2, default=None, metavar=("FIRST", "LAST"),
-                       help="axial slices (0-based, inclusive) that the *_inside columns score, the rest go to "
-                            "*_outside; default: the range each model was trained on, from --completed's "
-                            "brasyn_report.json (e.g. 37 116 for the published BraTS weights, which record none)")
+    add_score_args(commands.add_parser("score", help="volume SSIM and PSNR of the syntheses against the truth"))
     add_segment_args(commands.add_parser("segment", help="Dice and HD95 of a segmenter on real, completed, copied "
                                                          "and zero-filled inputs"))
     add_export_args(commands.add_parser("export", help="completed cases in nnU-Net v2 naming, with dataset.json"))
     return parser
+
+
+def add_score_args(parser: argparse.ArgumentParser) -> None:
+    """brasyn.py score's options."""
+    parser.add_argument("--completed", required=True, help="the folder brasyn.py complete wrote")
+    parser.add_argument("--truth", required=True, help="the folder brasyn.py drop kept the dropped images in")
+    parser.add_argument("--out", "--output_path", dest="out", required=True,
+                        help="where volume_metrics.csv and volume_metrics.json go")
+    parser.add_argument("--model_resolution", type=int, default=None, metavar="N",
+                        help="compute the 3-D coherence columns (per-plane SSIM, slice brightness, gradient ratio) "
+                             "with each axial plane resized to N x N first, the model's --image_size; unset, on the "
+                             "volumes' own grid; the other columns are unchanged")
+    parser.add_argument("--slice_range", type=int, nargs=2, default=None, metavar=("FIRST", "LAST"),
+                        help="axial slices (0-based, inclusive) that the *_inside columns score, the rest go to "
+                             "*_outside; default: the range each model was trained on, from --completed's "
+                             "brasyn_report.json (e.g. 37 116 for the published BraTS weights, which record none)")
 
 
 def add_refine_args(parser: argparse.ArgumentParser) -> None:
