@@ -10,7 +10,8 @@ complete: as the original samples, with --shared_noise, with --intensity_referen
 --slices_all add a model each). Each completion is scored against the truth at the model's
 resolution, inside and outside the middle slices the base model was trained on (brasyn.py score --model_resolution
 --slice_range), and segmented (brasyn.py segment: one U-Net, trained on the training split's cases, reads every
-variant). Writes --out/volumes.json (every summary and the goals as booleans) and --out/volumes.png (axial, coronal
+variant). So is the resolution ceiling: the truth taken to the model's resolution and back, what a flawless model
+would complete. Writes --out/volumes.json (every summary and the goals as booleans) and --out/volumes.png (axial, coronal
 and sagittal planes through one case's lesion centre).
 """
 from __future__ import annotations
@@ -48,9 +49,11 @@ from utils.core.artifacts import CONFIG_NAME, SEG_REPORT_NAME, SEGMENTER_NAME  #
 from utils.core.errors import run_cli  # noqa: E402
 from utils.core.fileio import save_json  # noqa: E402
 from utils.core.options import ArgumentParser  # noqa: E402
-from utils.data.nifti_io import load_case_volume, load_label  # noqa: E402
+from utils.data.brain import brain_mask  # noqa: E402
+from utils.data.nifti_io import load_case_volume, load_label, save_like  # noqa: E402
 from utils.eval.coherence import COHERENCE_COLUMNS, PLANES, RANGE_COLUMNS  # noqa: E402
 from utils.eval.metrics import percentile_minmax  # noqa: E402
+from utils.infer.volumes import resolution_round_trip  # noqa: E402
 
 EXP = "volumes"
 MISSING = "T1ce"
@@ -59,6 +62,10 @@ MISSING = "T1ce"
 # trained on the training split's cases). --context_slices K adds one by a model trained with that 2.5-D
 # conditioning, --slices_all one by a model trained on every brain slice.
 INTENSITY = ["--intensity_reference", "inputs"]
+# Not a completion: the truth at the model's resolution and back, scored and segmented as the completions are. Its
+# numbers are the best any model at that resolution can reach on these measures.
+CEILING = "resolution_ceiling"
+NORMALIZE = "median"
 VARIANTS = {"independent_noise": [], "shared_noise": ["--shared_noise"], "intensity_reference": INTENSITY,
             "shared_noise_and_intensity": ["--shared_noise", *INTENSITY], "refined": ["--refine"]}
 # The label convention the goals read (the phantom cases carry BraTS 2023 names and labels; regions agree in both).
@@ -147,7 +154,7 @@ def prepare(args: argparse.Namespace, config: Path, out: Path) -> dict:
         timings[f"preprocess_{folder.name}"] = run_step(
             f"preprocessing, {count} slices per case", "pre_process.py",
             ["--layout", "brats2023", "--input", cases, "--split_file", cases / "splits", "--output", folder,
-             "--slices", count, "--image_size", 64, "--normalize", "median", "--overwrite"])
+             "--slices", count, "--image_size", 64, "--normalize", NORMALIZE, "--overwrite"])
     train_slices = len(np.load(slices / "train" / "T1ce.npy", mmap_mode="r"))
     for exp, (folder, extra) in sorted(runs.items()):
         # The same number of generator steps for every model, however many slices it trains on.
@@ -183,10 +190,17 @@ def complete_variant(args: argparse.Namespace, out: Path, variant: str, scoring:
                                      f"{MISSING}={out / 'results' / exp}",
                                      "--out", folder / "completed", "--epoch", "best", "--device", args.device,
                                      *flags, "--overwrite"])}
-    timings["score"] = run_step(f"volume scores, {variant.replace('_', ' ')}", "brasyn.py",
-                                ["score", "--completed", folder / "completed", "--truth", brasyn / "truth",
-                                 "--out", folder / "metrics", *scoring])
-    # The first variant trains the segmenter; the second reuses it, so both are read by the same network.
+    return {**timings, **score_and_segment(args, out, variant, scoring, segmenter)}
+
+
+def score_and_segment(args: argparse.Namespace, out: Path, variant: str, scoring: list[object],
+                      segmenter: Path | None) -> dict[str, float]:
+    """Score and segment out/<variant>/completed (training the segmenter unless given); the seconds of each."""
+    folder, brasyn = out / variant, out / "brasyn"
+    timings = {"score": run_step(f"volume scores, {variant.replace('_', ' ')}", "brasyn.py",
+                                 ["score", "--completed", folder / "completed", "--truth", brasyn / "truth",
+                                  "--out", folder / "metrics", *scoring])}
+    # The first variant trains the segmenter; the others reuse it, so all are read by the same network.
     trained = ["--segmenter", segmenter] if segmenter else [
         "--train", out / "seg_train", "--epochs", args.seg_epochs, "--image_size", args.seg_image_size,
         *(["--channels", *args.seg_channels] if args.seg_channels else [])]
@@ -194,6 +208,22 @@ def complete_variant(args: argparse.Namespace, out: Path, variant: str, scoring:
                                   ["segment", *trained, "--truth", brasyn / "truth", "--completed",
                                    folder / "completed", "--out", folder / "segmentation", "--device", args.device])
     return timings
+
+
+def ceiling_completion(out: Path, source: str, resolution: int) -> None:
+    """out/CEILING/completed: `source`'s completed cases with each synthesis replaced by the truth taken to the
+    model's resolution and back (resolution_round_trip), i.e. what a flawless model at that resolution would give."""
+    folder = out / CEILING / "completed"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(out / source / "completed", folder)
+    for truth_folder in case_folders(out / "brasyn" / "truth", "--truth"):
+        pair = pair_with_completed(read_case_folder(truth_folder), folder)
+        truth = load_case_volume(pair.truth_image, f"truth {pair.name}")[0]
+        target = pair.done.images[pair.contrast]
+        reference = load_case_volume(target, f"completed {pair.name}")[1]
+        brain = brain_mask([load_case_volume(path, f"completed {pair.name} {contrast}")[0]
+                            for contrast, path in pair.done.images.items() if contrast != pair.contrast])
+        save_like(resolution_round_trip(truth, brain, resolution, NORMALIZE), reference, target)
 
 
 def collect(folder: Path) -> dict:
@@ -344,10 +374,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     scoring = ["--model_resolution", resolution, "--slice_range", *middle]
     first, *others = variants(args.context_slices, args.slices_all, args.variants)
     run["seconds"][first] = complete_variant(args, out, first, scoring, None)
+    segmenter = out / first / "segmentation" / SEGMENTER_NAME
     for variant in others:
-        segmenter = out / first / "segmentation" / SEGMENTER_NAME
         run["seconds"][variant] = complete_variant(args, out, variant, scoring, segmenter)
-    chosen = variants(args.context_slices, args.slices_all, args.variants)
+    ceiling_completion(out, first, resolution)
+    run["seconds"][CEILING] = score_and_segment(args, out, CEILING, scoring, segmenter)
+    chosen = [*variants(args.context_slices, args.slices_all, args.variants), CEILING]
     summaries = {variant: collect(out / variant) for variant in chosen}
     case = figure_case(out / "brasyn" / "truth", {v: out / v / "completed" for v in summaries})
     draw_volumes(case, out / "volumes.png")
@@ -355,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "command": "python bench/bench_volumes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "threads": args.threads, "device": args.device},
-        "recipe": json.loads(config.read_text()), "normalize": "median", "missing": MISSING,
+        "recipe": json.loads(config.read_text()), "normalize": NORMALIZE, "missing": MISSING,
         "model_resolution": resolution, "middle_slices": middle, "epochs": run["epochs"], "steps": run["steps"],
         "train_slices": run["train_slices"], "test_cases": len(case_folders(out / "brasyn" / "truth", "--truth")),
         "segmenter": {"epochs": args.seg_epochs, "image_size": args.seg_image_size, "channels": args.seg_channels,

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_volumes import EXP, GOALS, VARIANTS, variants
+from bench_volumes import CEILING, EXP, GOALS, VARIANTS, variants
 from conftest import TINY_RECIPE
 
 from utils.eval.coherence import COHERENCE_COLUMNS
@@ -45,7 +45,7 @@ def _check_variant(summary: dict, goals: dict) -> None:
 
 def test_volume_benchmark_smoke_run(tmp_path: Path) -> None:
     """One training step per model (and for the refiner) on three 32-voxel cases, a one-epoch segmenter: the JSON is
-    complete, the figure drawn."""
+    complete, the resolution ceiling beats the one-step models, the figure is drawn."""
     recipe = tmp_path / "tiny.json"
     recipe.write_text(json.dumps(TINY_RECIPE))
     out = tmp_path / "volumes"
@@ -59,7 +59,9 @@ def test_volume_benchmark_smoke_run(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "volumes.json").read_text())
     assert set(report["variants"]) == set(report["goals"]) == {"shared_noise_and_intensity", "refined",
-                                                               "slices_all"}
+                                                               "slices_all", CEILING}
+    assert report["variants"][CEILING]["coherence"]["ssim_axial"]["mean"] > max(
+        report["variants"][v]["coherence"]["ssim_axial"]["mean"] for v in ("refined", "slices_all"))
     assert (out / "results" / EXP / "refiner.pth").is_file() and "refine" in report["seconds"]
     assert report["steps"] == 1 and report["model_resolution"] == 64 and report["test_cases"] == 1
     assert len(report["middle_slices"]) == 2 and report["variants"]["slices_all"]["slices_outside_training"] == {

@@ -9,7 +9,7 @@ from conftest import NIFTI_DAMAGE, damage_nifti, save_tiny_experiment, synthesis
 from utils.core.errors import UserError, run_cli
 from utils.data.layouts import case_name, find_case_files
 from utils.data.preprocessing import normalize_volume
-from utils.infer.volumes import model_slices_to_volume, volume_to_model_slices
+from utils.infer.volumes import model_slices_to_volume, resolution_round_trip, volume_to_model_slices
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -162,6 +162,25 @@ def test_slice_geometry_round_trip() -> None:
     smooth = np.fromfunction(lambda x, y, z: np.sin(x / 9) + np.cos(y / 7) + 3, (60, 52, 2))
     back = model_slices_to_volume(volume_to_model_slices(smooth, [0, 1], 64), [0, 1], smooth.shape, 64)
     assert np.abs(back - normalize_volume(smooth)).mean() < 0.02
+
+
+def test_resolution_round_trip_keeps_what_the_model_size_can_hold() -> None:
+    """The resolution ceiling: every brain slice and nothing else comes back; exact at the volume's own size, smooth
+    structure survives a smaller size and one-voxel detail does not."""
+    rng = np.random.default_rng(1)
+    volume = rng.random((64, 64, 5)) * 100
+    brain = np.zeros(volume.shape, bool)
+    brain[8:56, 8:56, 1:4] = True
+    same = resolution_round_trip(volume, brain, 64)
+    np.testing.assert_allclose(same, normalize_volume(volume) * brain, atol=1e-6)
+    smooth = np.fromfunction(lambda x, y, z: np.sin(x / 9) + np.cos(y / 7) + 3, volume.shape)
+    small = resolution_round_trip(smooth, brain, 16)
+    assert np.all(small[~brain] == 0)
+    inner = np.zeros_like(brain)
+    inner[16:48, 16:48, 1:4] = True  # away from the brain's edge, which the resize blends with background
+    assert np.abs(small - normalize_volume(smooth))[inner].mean() < 0.03
+    checker = np.indices(volume.shape).sum(0) % 2 * 50.0 + 50
+    assert np.abs(resolution_round_trip(checker, brain, 16) - normalize_volume(checker))[inner].mean() > 0.15
 
 
 def test_input_errors_are_one_line(volume_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

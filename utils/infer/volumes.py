@@ -110,6 +110,15 @@ def model_slices_to_volume(slices: torch.Tensor, slice_indices: Sequence[int], s
     return np.clip(volume, 0, 1)
 
 
+def resolution_round_trip(volume: np.ndarray, brain: np.ndarray, image_size: int,
+                          method: str = DEFAULT_NORMALIZATION) -> np.ndarray:
+    """The volume as a flawless model at `image_size` would complete it: each brain slice to model space and back,
+    masked to the brain. Scored against the volume itself, it gives the ceiling the model's resolution sets."""
+    slices = [int(k) for k in np.flatnonzero(brain.any(axis=(0, 1)))]
+    model = volume_to_model_slices(volume, slices, image_size, "volume", method)
+    return model_slices_to_volume(model, slices, volume.shape, image_size) * brain
+
+
 def _batches(items: Sequence[int], size: int) -> list[list[int]]:
     """Split `items` into consecutive lists of at most `size`."""
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
