@@ -2,17 +2,17 @@
 
     python bench/bench_volumes.py --steps 504 --threads 2
 
-Makes phantom cases in BraTS 2023 naming with split lists (demo/make_sample_data.py), preprocesses them
-(--normalize median), trains the small-budget recipe (configs/quickstart.json unless --config) for about --steps
-generator steps, drops T1ce from the test split's cases (brasyn.py drop) and completes them four times (brasyn.py
-complete: as the original samples, with --shared_noise, with --intensity_reference inputs, with both, and with
---refine after brasyn.py refine trained a 3-D refiner on the training split's cases; --context_slices K and
---slices_all add a model each). Each completion is scored against the truth at the model's
-resolution, inside and outside the middle slices the base model was trained on (brasyn.py score --model_resolution
---slice_range), and segmented (brasyn.py segment: one U-Net, trained on the training split's cases, reads every
-variant). So is the resolution ceiling: the truth taken to the model's resolution and back, what a flawless model
-would complete. Writes --out/volumes.json (every summary and the goals as booleans) and --out/volumes.png (axial, coronal
-and sagittal planes through one case's lesion centre).
+Makes phantom cases in BraTS 2023 naming with split lists (demo/make_sample_data.py), preprocesses them (--normalize
+median), trains the small-budget recipe (configs/quickstart.json unless --config) for about --steps generator steps,
+drops T1ce from the test split's cases (brasyn.py drop) and completes them several ways (brasyn.py complete: as the
+original samples, with --shared_noise, with --intensity_reference inputs, with both, and with --refine after
+brasyn.py refine trained a 3-D refiner on the training split's cases; --context_slices K and --slices_all add a
+model each). Each completion is scored against the truth at the model's resolution, inside and outside the middle
+slices the base model was trained on (brasyn.py score --model_resolution --slice_range), and segmented (brasyn.py
+segment: one U-Net, trained on the training split's cases, reads every variant). So is the resolution ceiling: the
+truth taken to the model's resolution and back, what a flawless model would complete. Writes --out/volumes.json
+(every summary and the goals as booleans) and --out/volumes.png (axial, coronal and sagittal planes through one
+case's lesion centre).
 """
 from __future__ import annotations
 
