@@ -237,6 +237,12 @@ def environment(device: torch.device, threads: int) -> dict:
     return info
 
 
+def machine_record(threads: int, device: str) -> dict:
+    """The machine a phantom benchmark ran on, CPU model included: trained numbers differ between CPU models."""
+    return {"platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "threads": threads,
+            "device": device, "torch": torch.__version__}
+
+
 def _cpu_name() -> str:
     """The CPU model from /proc/cpuinfo (or the platform's processor string)."""
     try:

@@ -16,7 +16,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_common import machine_record  # noqa: E402
 
 from demo.steps import (  # noqa: E402
     add_budget_args,
@@ -175,8 +175,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     last = folders["MU-Diff (last epoch)"]
     report = {
         "command": "python bench/bench_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "threads": args.threads, "device": args.device},
+        "machine": machine_record(args.threads, args.device),
         "recipe": json.loads(config.read_text()), "normalize": args.normalize, "epochs": epochs,
         "steps": epochs * per_epoch, "train_slices": train_slices,
         "test_slices": len(np.load(last / output_stack("real"))),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+from bench_common import machine_record  # noqa: E402
 
 from demo.steps import (  # noqa: E402
     add_budget_args,
@@ -385,8 +385,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     draw_volumes(case, out / "volumes.png")
     report = {
         "command": "python bench/bench_volumes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "threads": args.threads, "device": args.device},
+        "machine": machine_record(args.threads, args.device),
         "recipe": json.loads(config.read_text()), "normalize": NORMALIZE, "missing": MISSING,
         "model_resolution": resolution, "middle_slices": middle, "epochs": run["epochs"], "steps": run["steps"],
         "train_slices": run["train_slices"], "test_cases": len(case_folders(out / "brasyn" / "truth", "--truth")),

@@ -64,6 +64,7 @@ def test_volume_benchmark_smoke_run(tmp_path: Path) -> None:
         report["variants"][v]["coherence"]["ssim_axial"]["mean"] for v in ("refined", "slices_all"))
     assert (out / "results" / EXP / "refiner.pth").is_file() and "refine" in report["seconds"]
     assert report["steps"] == 1 and report["model_resolution"] == 64 and report["test_cases"] == 1
+    assert report["machine"]["cpu"] and report["machine"]["cpu_count"] >= 1
     assert len(report["middle_slices"]) == 2 and report["variants"]["slices_all"]["slices_outside_training"] == {
         case: 0 for case in report["variants"]["slices_all"]["slices"]}  # trained on every brain slice
     for variant in report["variants"]:
