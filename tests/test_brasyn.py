@@ -1,6 +1,7 @@
 """brasyn.py on phantom cases in BraTS 2023 naming: drop, complete, score, every error, and docs/brasyn.md's whole
 loop."""
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -18,7 +19,9 @@ from test_readme import BRASYN_PAGE, BRASYN_SECTION, is_user_data, make_scratch_
 
 from backbones.refiner import VolumeRefiner
 from demo import make_sample_data as phantom
+from utils.brasyn.cases import read_case_folder
 from utils.brasyn.drop import DROPPED_NAME, balanced_choice
+from utils.brasyn.refine import lesion_stack
 from utils.brasyn.score import volume_metrics
 from utils.core.artifacts import REFINER_CURVE, REFINER_FORMAT, REFINER_NAME, REFINER_RECORD
 from utils.core.errors import UserError, run_cli
@@ -333,7 +336,7 @@ def refined_model(raw: Path, models: dict, tmp_path_factory: pytest.TempPathFact
     exp = tmp_path_factory.mktemp("refined") / "t1ce"
     shutil.copytree(models["t1ce"], exp)
     brasyn_cli(["refine", "--train", str(raw), "--models", f"T1ce={exp}", "--steps", "3", "--crop_slices", "4",
-                "--width", "4", "--blocks", "1", "--batch_size", "8", "--device", "cpu"])
+                "--width", "4", "--blocks", "1", "--batch_size", "8", "--device", "cpu", "--lesion_weight", "4"])
     return exp
 
 
@@ -342,12 +345,22 @@ def test_refine_writes_a_safe_checkpoint_its_record_and_curve(refined_model: Pat
     content = torch.load(refined_model / REFINER_NAME, weights_only=True)
     image_size = json.loads((refined_model / "config.json").read_text())["image_size"]
     assert content["format"] == REFINER_FORMAT and content["image_size"] == image_size
-    assert (content["width"], content["blocks"], content["steps"]) == (4, 1, 3)
+    assert (content["width"], content["blocks"], content["steps"], content["lesion_weight"]) == (4, 1, 3, 4.0)
     assert content["generators"] == ["gen_diffusive_1.pth", "gen_diffusive_2.pth"]
     record = json.loads((refined_model / REFINER_RECORD).read_text())
     assert record["cases"] == CASES and [row["step"] for row in record["log"]] == [3]
     assert 0 < record["l1_synthesis"] < 2 and 0 < record["l1_refined"] < 2
     assert (refined_model / REFINER_CURVE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_refiner_reads_the_tumour_of_each_training_case(raw: Path) -> None:
+    """lesion_stack: the seg's tumour on the chosen slices at the model's size; None for a case without seg."""
+    case = read_case_folder(raw / CASES[0])
+    label = nib.load(case.label).get_fdata()
+    slices = [int(np.argmax((label > 0).sum(axis=(0, 1))))]
+    lesion = lesion_stack(case, slices, 16)
+    assert lesion.shape == (1, 1, 16, 16) and lesion.dtype == torch.bool and lesion.any() and not lesion.all()
+    assert lesion_stack(dataclasses.replace(case, label=None), slices, 16) is None
 
 
 def test_complete_refine_changes_only_what_the_refiner_learnt(dropped: dict, completed: dict, refined_model: Path,

@@ -100,6 +100,9 @@ def add_refine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--through_plane_weight", type=float, default=1.0,
                         help="weight of the loss on slice-to-slice differences (against the truth's) beside the "
                              "brain L1; 0 = L1 alone")
+    parser.add_argument("--lesion_weight", type=float, default=0.0, metavar="W",
+                        help="inside the training cases' tumour (seg above 0) the brain L1 counts 1 + W times "
+                             "(0: every brain voxel alike)")
     parser.add_argument("--width", type=int, default=16, help="the refiner's feature channels")
     parser.add_argument("--blocks", type=int, default=4, help="the refiner's residual blocks (3-D, 3 x 3 x 3)")
     parser.add_argument("--batch_size", type=int, default=4, help="slices synthesised per forward pass")

@@ -20,7 +20,7 @@ from utils.core.fileio import save_json
 from utils.core.runtime import seed_everything
 from utils.data.contrasts import canonical_contrast
 from utils.data.layouts import Case
-from utils.data.nifti_io import load_case_volume
+from utils.data.nifti_io import load_case_volume, load_label
 from utils.data.preprocessing import resize_masks
 from utils.infer.experiment import Experiment, load_experiment
 from utils.infer.refiner import refiner_input, save_refiner
@@ -39,6 +39,7 @@ class RefinerSettings:
     lr: float
     seed: int
     through_plane_weight: float
+    lesion_weight: float = 0.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RefinerSettings:
@@ -46,20 +47,28 @@ class RefinerSettings:
         for flag in ("width", "blocks", "steps", "crop_slices", "crops_per_step"):
             if getattr(args, flag) < 1:
                 raise UserError(f"--{flag} must be at least 1 (got {getattr(args, flag)})")
-        if args.through_plane_weight < 0:
-            raise UserError(f"--through_plane_weight must be at least 0 (got {args.through_plane_weight})")
+        for flag in ("through_plane_weight", "lesion_weight"):
+            if getattr(args, flag) < 0:
+                raise UserError(f"--{flag} must be at least 0 (got {getattr(args, flag)})")
         return cls(args.width, args.blocks, args.steps, args.crop_slices, args.crops_per_step, args.lr, args.seed,
-                   args.through_plane_weight)
+                   args.through_plane_weight, args.lesion_weight)
 
 
 @dataclass
 class TrainingStack:
-    """One training case at the model's resolution: refiner input (4, D, S, S), truth and brain (1, D, S, S)."""
+    """One training case at the model's resolution: refiner input (4, D, S, S), truth, brain and lesion masks
+    (1, D, S, S); the lesion mask is all False when the case has no seg file."""
 
     name: str
     inputs: torch.Tensor
     truth: torch.Tensor
     brain: torch.Tensor
+    lesion: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        """No seg file: an empty lesion mask, so every crop has the same four parts."""
+        if self.lesion is None:
+            self.lesion = torch.zeros_like(self.brain)
 
 
 def training_stack(exp: Experiment, case: Case, target: str, options: argparse.Namespace,
@@ -73,26 +82,38 @@ def training_stack(exp: Experiment, case: Case, target: str, options: argparse.N
     truth = volume_to_model_slices(truth_volume, stack.slices, size, target, exp.args.normalize)
     brain = torch.from_numpy(resize_masks(np.moveaxis(stack.brain, 2, 0)[stack.slices], size) > 0)
     return TrainingStack(case.folder.name, refiner_input(stack.outputs["synth"], stack.conditions)[0],
-                         truth.transpose(0, 1), brain[None])
+                         truth.transpose(0, 1), brain[None], lesion_stack(case, stack.slices, size))
+
+
+def lesion_stack(case: Case, slices: list[int], size: int) -> torch.Tensor | None:
+    """The case's tumour (any label above 0) on the synthesised slices at the model's resolution; None without a seg."""
+    if case.label is None:
+        return None
+    label = load_label(case.label, f"--train case {case.folder.name} seg")
+    return torch.from_numpy(resize_masks(np.moveaxis(label, 2, 0)[slices] > 0, size) > 0)[None]
 
 
 def random_crops(stacks: list[TrainingStack], depth: int, count: int, generator: torch.Generator
                  ) -> tuple[torch.Tensor, ...]:
-    """`count` runs of `depth` consecutive slices from random cases, each flipped left-right half the time."""
+    """`count` runs of `depth` consecutive slices (inputs, truth, brain, lesion) from random cases, each flipped
+    left-right half the time."""
     parts = []
     for _ in range(count):
         stack = stacks[int(torch.randint(len(stacks), (1,), generator=generator))]
         start = int(torch.randint(stack.inputs.shape[1] - depth + 1, (1,), generator=generator))
-        crop = [t[:, start:start + depth] for t in (stack.inputs, stack.truth, stack.brain)]
+        crop = [t[:, start:start + depth] for t in (stack.inputs, stack.truth, stack.brain, stack.lesion)]
         if torch.rand(1, generator=generator) < 0.5:
             crop = [t.flip(-1) for t in crop]
         parts.append(crop)
     return tuple(torch.stack(column) for column in zip(*parts))
 
 
-def masked_l1(prediction: torch.Tensor, truth: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
-    """Mean |prediction - truth| over the brain voxels."""
-    return (prediction - truth).abs()[brain].mean()
+def masked_l1(prediction: torch.Tensor, truth: torch.Tensor, brain: torch.Tensor, lesion: torch.Tensor,
+              lesion_weight: float) -> torch.Tensor:
+    """Mean |prediction - truth| over the brain voxels, lesion voxels counting 1 + lesion_weight times (as
+    train.py --lesion_l1_weight: the enhancement the segmenter reads is a small part of the brain)."""
+    error = (prediction - truth).abs()
+    return ((1 + lesion_weight * lesion) * error)[brain].mean() if lesion_weight else error[brain].mean()
 
 
 def through_plane_l1(prediction: torch.Tensor, truth: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
@@ -101,9 +122,12 @@ def through_plane_l1(prediction: torch.Tensor, truth: torch.Tensor, brain: torch
     return (prediction.diff(dim=2) - truth.diff(dim=2)).abs()[pairs].mean()
 
 
-def refiner_loss(prediction: torch.Tensor, truth: torch.Tensor, brain: torch.Tensor, weight: float) -> torch.Tensor:
-    """Brain L1, plus `weight` x the L1 of the through-plane differences: stripes cost twice, as error and as step."""
-    loss = masked_l1(prediction, truth, brain)
+def refiner_loss(prediction: torch.Tensor, truth: torch.Tensor, brain: torch.Tensor, lesion: torch.Tensor,
+                 settings: RefinerSettings) -> torch.Tensor:
+    """Brain L1 (lesion-weighted), plus through_plane_weight x the L1 of the through-plane differences: stripes
+    cost twice, as error and as step."""
+    loss = masked_l1(prediction, truth, brain, lesion, settings.lesion_weight)
+    weight = settings.through_plane_weight
     return loss + weight * through_plane_l1(prediction, truth, brain) if weight else loss
 
 
@@ -131,9 +155,9 @@ def train_refiner(stacks: list[TrainingStack], settings: RefinerSettings, device
     network.train()
     with tqdm(range(1, settings.steps + 1), desc="training the refiner", unit="step") as bar:
         for step in bar:
-            inputs, truth, brain = (t.to(device) for t in random_crops(stacks, depth, settings.crops_per_step,
-                                                                        generator))
-            loss = refiner_loss(network(inputs), truth, brain, settings.through_plane_weight)
+            inputs, truth, brain, lesion = (t.to(device) for t in random_crops(stacks, depth,
+                                                                                settings.crops_per_step, generator))
+            loss = refiner_loss(network(inputs), truth, brain, lesion, settings)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
