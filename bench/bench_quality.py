@@ -106,6 +106,15 @@ def draw_curve(val: dict[str, list[float]], lines: dict[str, dict[str, float]], 
     save_figure(fig, path, 110)
 
 
+def set_aside(folder: Path, name: str) -> Path:
+    """`folder` renamed to its sibling `name`, replacing what an earlier run in the same --out left there."""
+    target = folder.with_name(name)
+    # A folder cannot be renamed onto a folder that holds files, so the previous run's copy goes first.
+    shutil.rmtree(target, ignore_errors=True)
+    folder.replace(target)
+    return target
+
+
 def run_pipeline(args: argparse.Namespace, config: Path, out: Path) -> tuple[dict, dict, int, int, int]:
     """Phantom -> preprocessing -> training -> synthesis (best and last epoch, baselines); timings and folders."""
     cases, slices, results = out / "cases", out / "slices", out / "results"
@@ -127,10 +136,7 @@ def run_pipeline(args: argparse.Namespace, config: Path, out: Path) -> tuple[dic
               "--batch_size", 16, "--overwrite"]
     folders = {}
     timings["test_best"] = run_step("synthesis, best validation epoch", "test.py", [*common, "--epoch", "best"])
-    folders["MU-Diff (best validation epoch)"] = experiment / f"{OUTPUT_DIR_NAME}_best"
-    # A rerun in the same --out finds the previous run's folder there, and a folder cannot be replaced by another.
-    shutil.rmtree(folders["MU-Diff (best validation epoch)"], ignore_errors=True)
-    (experiment / OUTPUT_DIR_NAME).replace(folders["MU-Diff (best validation epoch)"])
+    folders["MU-Diff (best validation epoch)"] = set_aside(experiment / OUTPUT_DIR_NAME, f"{OUTPUT_DIR_NAME}_best")
     timings["test_last"] = run_step("synthesis, last epoch", "test.py", common)
     folders["MU-Diff (last epoch)"] = experiment / OUTPUT_DIR_NAME
     for kind in BASELINES:

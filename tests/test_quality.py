@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_common import load_split, original_order  # noqa: E402
+from bench_quality import set_aside  # noqa: E402
 from conftest import TINY_RECIPE  # noqa: E402
 
 
@@ -80,17 +81,27 @@ def test_load_split_gives_the_original_loaders_tensors(tmp_path: Path):
     assert np.allclose(tensor[:, 0].numpy(), (stack.transpose(0, 2, 1) - 0.5) / 0.5)
 
 
+def test_a_rerun_replaces_the_previous_runs_best_epoch_samples(tmp_path: Path):
+    """The second run in the same --out sets its best-epoch samples aside over the first run's, stale files gone."""
+    stale = tmp_path / "generated_samples_best"
+    stale.mkdir()
+    (stale / "old.npy").write_bytes(b"old")
+    fresh = tmp_path / "generated_samples"
+    fresh.mkdir()
+    (fresh / "new.npy").write_bytes(b"new")
+    assert set_aside(fresh, "generated_samples_best") == stale
+    assert not fresh.exists() and [p.name for p in stale.iterdir()] == ["new.npy"]
+
+
 def test_quality_benchmark_smoke_run(tmp_path: Path):
-    """A one-step run, twice in the same folder: every method scored with every protocol, the curve drawn, the JSON
-    complete."""
+    """A one-step run: every method scored with every protocol, the curve drawn, the JSON complete."""
     recipe = tmp_path / "tiny.json"
     recipe.write_text(json.dumps(TINY_RECIPE))
     out = tmp_path / "quality"
-    for _ in range(2):
-        result = subprocess.run([sys.executable, "bench/bench_quality.py", "--config", str(recipe), "--steps", "1",
-                                 "--cases", "5", "--slices", "4", "--threads", "1", "--out", str(out)],
-                                cwd=ROOT, capture_output=True, text=True, timeout=900)
-        assert result.returncode == 0, result.stderr[-3000:]
+    result = subprocess.run([sys.executable, "bench/bench_quality.py", "--config", str(recipe), "--steps", "1",
+                             "--cases", "5", "--slices", "4", "--threads", "1", "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "quality.json").read_text())
     assert set(report["test"]) == {"MU-Diff (best validation epoch)", "MU-Diff (last epoch)",
                                    "linear baseline (fitted on train)", "quadratic baseline (fitted on train)"}
