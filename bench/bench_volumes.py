@@ -6,10 +6,11 @@ Makes phantom cases in BraTS 2023 naming with split lists (demo/make_sample_data
 median), trains the small-budget recipe (configs/quickstart.json unless --config) for about --steps generator steps,
 drops T1ce from the test split's cases (brasyn.py drop) and completes them several ways (brasyn.py complete: as the
 original samples, with --shared_noise, with --intensity_reference inputs, with both, and with --refine after
-brasyn.py refine trained a 3-D refiner on the training split's cases; --context_slices K and --slices_all add a
-model each). Each completion is scored against the truth at the model's resolution, inside and outside the middle
-slices the base model was trained on (brasyn.py score --model_resolution --slice_range), and segmented (brasyn.py
-segment: one U-Net, trained on the training split's cases, reads every variant). So is the resolution ceiling: the
+brasyn.py refine trained a 3-D refiner on the training split's cases, or with --refiner_cases N on N cases
+outside the split; --context_slices K and --slices_all add a model each). Each completion is scored against the
+truth at the model's resolution, inside and outside the middle slices the base model was trained on (brasyn.py score
+--model_resolution --slice_range), and segmented (brasyn.py segment: one U-Net, trained on the training split's
+cases, reads every variant). So is the resolution ceiling: the
 truth taken to the model's resolution and back, what a flawless model would complete. Writes --out/volumes.json
 (every summary and the goals as booleans) and --out/volumes.png (axial, coronal and sagittal planes through one
 case's lesion centre).
@@ -100,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                         help="the completions of the base model to run (the first also trains the segmenter)")
     parser.add_argument("--refiner_steps", type=int, default=1000, help="brasyn.py refine --steps (variant refined)")
+    parser.add_argument("--refiner_cases", type=int, default=0, metavar="N",
+                        help="train the refiner on N extra phantom cases that neither the generator nor the "
+                             "segmenter sees (0: on the training split's cases, whose middle slices the generator "
+                             "was trained on)")
     parser.add_argument("--slices_all", action="store_true",
                         help="also train a model on every brain slice (pre_process.py --slices all) and complete "
                              "with it; it is scored on the same inside/outside slices as the others")
@@ -143,6 +148,20 @@ def copy_training_cases(cases: Path, dest: Path) -> None:
         shutil.copytree(cases / name, dest / name)
 
 
+def refiner_training_cases(args: argparse.Namespace, out: Path, timings: dict[str, float]) -> Path:
+    """The refiner's --train: the training split's cases, or with --refiner_cases N that many new phantom cases
+    (the seeds after the benchmark's own), so the refiner learns from syntheses as good as a test case's."""
+    if not args.refiner_cases:
+        return out / "seg_train"
+    folder = out / "refiner_train"
+    shutil.rmtree(folder, ignore_errors=True)
+    timings["phantom_refiner"] = run_step(
+        f"{args.refiner_cases} phantom cases for the refiner only", "demo/make_sample_data.py",
+        ["--out", folder, "--layout", "brats2023", "--cases", args.refiner_cases, "--volume_size", args.volume_size,
+         "--seed", args.seed + args.cases, "--skull_strip", "--no_splits"])
+    return folder
+
+
 def prepare(args: argparse.Namespace, config: Path, out: Path) -> dict:
     """Phantom cases -> slices -> a trained experiment -> T1ce dropped from the test split; timings and numbers."""
     cases, slices = out / "cases", out / "slices"
@@ -173,7 +192,7 @@ def prepare(args: argparse.Namespace, config: Path, out: Path) -> dict:
     copy_training_cases(cases, out / "seg_train")
     if "refined" in args.variants:
         timings["refine"] = run_step(f"refiner of {EXP}, {args.refiner_steps} steps", "brasyn.py",
-                                     ["refine", "--train", out / "seg_train", "--models",
+                                     ["refine", "--train", refiner_training_cases(args, out, timings), "--models",
                                       f"{MISSING}={out / 'results' / EXP}", "--epoch", "best", "--steps",
                                       args.refiner_steps, "--device", args.device, "--overwrite"])
     return {"seconds": timings, "epochs": epochs, "steps": epochs * per_epoch, "train_slices": train_slices}
@@ -391,6 +410,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "train_slices": run["train_slices"], "test_cases": len(case_folders(out / "brasyn" / "truth", "--truth")),
         "segmenter": {"epochs": args.seg_epochs, "image_size": args.seg_image_size, "channels": args.seg_channels,
                       "train": "the training split's cases"},
+        "refiner": {"steps": args.refiner_steps,
+                    "train": f"{args.refiner_cases} phantom case{'s' * (args.refiner_cases != 1)} outside the split"
+                    if args.refiner_cases
+                    else "the training split's cases"} if "refined" in args.variants else None,
         "figure_case": case["name"], "convention": CONVENTION, "goal_definitions": GOALS,
         "goals": {variant: goals(summary) for variant, summary in summaries.items()}, "variants": summaries,
         "seconds": {**run["seconds"], "total": round(time.time() - started, 1)},

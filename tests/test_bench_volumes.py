@@ -44,15 +44,15 @@ def _check_variant(summary: dict, goals: dict) -> None:
 
 
 def test_volume_benchmark_smoke_run(tmp_path: Path) -> None:
-    """One training step per model (and for the refiner) on three 32-voxel cases, a one-epoch segmenter: the JSON is
-    complete, the resolution ceiling beats the one-step models, the figure is drawn."""
+    """One training step per model (and for the refiner, on a fourth case outside the split) on three 32-voxel
+    cases, a one-epoch segmenter: the JSON is complete, the ceiling beats the one-step models, the figure is drawn."""
     recipe = tmp_path / "tiny.json"
     recipe.write_text(json.dumps(TINY_RECIPE))
     out = tmp_path / "volumes"
     result = subprocess.run([sys.executable, "bench/bench_volumes.py", "--config", str(recipe), "--steps", "1",
                              "--cases", "3", "--volume_size", "32", "--slices", "4", "--seg_epochs", "1",
                              "--seg_image_size", "32", "--seg_channels", "8", "16", "--threads", "1", "--slices_all",
-                             "--variants", "refined", "--refiner_steps", "1",
+                             "--variants", "refined", "--refiner_steps", "1", "--refiner_cases", "1",
                              "--device", "cpu", "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -61,6 +61,9 @@ def test_volume_benchmark_smoke_run(tmp_path: Path) -> None:
     assert report["variants"][CEILING]["coherence"]["ssim_axial"]["mean"] > max(
         report["variants"][v]["coherence"]["ssim_axial"]["mean"] for v in ("refined", "slices_all"))
     assert (out / "results" / EXP / "refiner.pth").is_file() and "refine" in report["seconds"]
+    refiner = json.loads((out / "results" / EXP / "refiner.json").read_text())
+    assert Path(refiner["train"]) == out / "refiner_train" and len(refiner["cases"]) == 1  # a case outside the split
+    assert report["refiner"] == {"steps": 1, "train": "1 phantom case outside the split"}
     assert report["steps"] == 1 and report["model_resolution"] == 64 and report["test_cases"] == 1
     assert report["machine"]["cpu"] and report["machine"]["cpu_count"] >= 1
     assert len(report["middle_slices"]) == 2 and report["variants"]["slices_all"]["slices_outside_training"] == {
