@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_volumes import CEILING, EXP, GOALS, VARIANTS, variants
+from bench_volumes import CEILING, CEILING_GOALS, EXP, GOALS, VARIANTS, ceiling_goals, variants
 from conftest import TINY_RECIPE
 
 from utils.eval.coherence import COHERENCE_COLUMNS
@@ -24,6 +24,24 @@ def test_context_slices_adds_a_variant_with_its_own_model() -> None:
     assert list(extra)[:len(VARIANTS)] == list(VARIANTS) and extra["context_slices_2"] == (f"{EXP}_context2", [])
     assert extra["slices_all"] == (f"{EXP}_all", [])
     assert list(variants(0, chosen=["shared_noise"])) == ["shared_noise"]
+
+
+def _summary(gradient: float, inside: float, outside: float, spread: float | None) -> dict:
+    """A variant's coherence summary with the columns ceiling_goals reads (the others unset)."""
+    means = {"gradient_ratio": gradient, "ssim_axial_inside": inside, "ssim_axial_outside": outside,
+             "brightness_ratio_std_outside": spread}
+    columns = ("ssim_axial", "ssim_coronal", "ssim_sagittal", "brightness_ratio_inside", "brightness_ratio_outside",
+               "brightness_ratio_std_inside")
+    return {"coherence": {c: {"mean": means.get(c)} for c in (*means, *columns)}}
+
+
+def test_goals_against_the_ceiling_read_what_a_flawless_model_at_that_resolution_scores() -> None:
+    """The ceiling's own gradient ratio, outside-SSIM gap and edge-slice spread become the targets: a completion as
+    stripy as the ceiling passes where the truth-based goal fails; 3 % stripier, a wider gap or spread fail."""
+    ceiling = _summary(1.10, 0.97, 0.92, 0.135)
+    assert ceiling_goals(_summary(1.11, 0.90, 0.86, 0.20), ceiling) == dict.fromkeys(CEILING_GOALS, True)
+    assert ceiling_goals(_summary(1.14, 0.90, 0.80, 0.30), ceiling) == dict.fromkeys(CEILING_GOALS, False)
+    assert not any(ceiling_goals(_summary(1.10, 0.9, None, None), _summary(0.0, 0.9, 0.9, 0.1)).values())
 
 
 def _check_variant(summary: dict, goals: dict) -> None:
@@ -70,5 +88,7 @@ def test_volume_benchmark_smoke_run(tmp_path: Path) -> None:
         case: 0 for case in report["variants"]["slices_all"]["slices"]}  # trained on every brain slice
     for variant in report["variants"]:
         _check_variant(report["variants"][variant], report["goals"][variant])
+    assert set(report["goals_against_ceiling"]) == {"refined", "slices_all"} and all(
+        set(met) == set(CEILING_GOALS) for met in report["goals_against_ceiling"].values())
     assert (out / "volumes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "goals met" in result.stdout
