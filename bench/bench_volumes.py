@@ -7,13 +7,12 @@ median), trains the small-budget recipe (configs/quickstart.json unless --config
 drops T1ce from the test split's cases (brasyn.py drop) and completes them several ways (brasyn.py complete: as the
 original samples, with --shared_noise, with --intensity_reference inputs, with both, and with --refine after
 brasyn.py refine trained a 3-D refiner on the training split's cases, or with --refiner_cases N on N cases
-outside the split; --context_slices K and --slices_all add a model each). Each completion is scored against the
-truth at the model's resolution, inside and outside the middle slices the base model was trained on (brasyn.py score
---model_resolution --slice_range), and segmented (brasyn.py segment: one U-Net, trained on the training split's
-cases, reads every variant). So is the resolution ceiling: the
-truth taken to the model's resolution and back, what a flawless model would complete. Writes --out/volumes.json
-(every summary and the goals as booleans) and --out/volumes.png (axial, coronal and sagittal planes through one
-case's lesion centre).
+outside the split; --context_slices K and --slices_all add a model each; --test_cases N holds out N more cases).
+Each completion is scored against the truth at the model's resolution, inside and outside the middle slices the
+base model was trained on (brasyn.py score --model_resolution --slice_range), and segmented (brasyn.py segment: one
+U-Net, trained on the training split's cases, reads every variant). So is the resolution ceiling: the truth taken to
+the model's resolution and back, what a flawless model would complete. Writes --out/volumes.json (every summary and
+the goals as booleans) and --out/volumes.png (axial, coronal and sagittal planes through one case's lesion centre).
 """
 from __future__ import annotations
 
@@ -115,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train the refiner on N extra phantom cases that neither the generator nor the "
                              "segmenter sees (0: on the training split's cases, whose middle slices the generator "
                              "was trained on)")
+    parser.add_argument("--test_cases", type=int, default=0, metavar="N",
+                        help="hold out N more phantom cases beside the test split's (training is unchanged; more "
+                             "test cases make the Dice ratios steadier)")
     parser.add_argument("--slices_all", action="store_true",
                         help="also train a model on every brain slice (pre_process.py --slices all) and complete "
                              "with it; it is scored on the same inside/outside slices as the others")
@@ -168,8 +170,24 @@ def refiner_training_cases(args: argparse.Namespace, out: Path, timings: dict[st
     timings["phantom_refiner"] = run_step(
         f"{args.refiner_cases} phantom cases for the refiner only", "demo/make_sample_data.py",
         ["--out", folder, "--layout", "brats2023", "--cases", args.refiner_cases, "--volume_size", args.volume_size,
-         "--seed", args.seed + args.cases, "--skull_strip", "--no_splits"])
+         "--seed", args.seed + args.cases + args.test_cases, "--skull_strip", "--no_splits"])
     return folder
+
+
+def drop_extra_test_cases(args: argparse.Namespace, out: Path, timings: dict[str, float]) -> None:
+    """With --test_cases N: N new phantom cases (the seeds after the benchmark's own, named after its cases), T1ce
+    dropped into the same held-out folders as the test split's."""
+    if not args.test_cases:
+        return
+    folder = out / "test_extra"
+    shutil.rmtree(folder, ignore_errors=True)
+    timings["phantom_test"] = run_step(
+        f"{args.test_cases} more held-out phantom cases", "demo/make_sample_data.py",
+        ["--out", folder, "--layout", "brats2023", "--cases", args.test_cases, "--volume_size", args.volume_size,
+         "--seed", args.seed + args.cases, "--first_case", args.cases + 1, "--skull_strip", "--no_splits"])
+    timings["drop_extra"] = run_step(f"{MISSING} dropped from them", "brasyn.py",
+                                     ["drop", "--input", folder, "--missing", MISSING, "--out", out / "brasyn" / "val",
+                                      "--truth", out / "brasyn" / "truth", "--overwrite"])
 
 
 def prepare(args: argparse.Namespace, config: Path, out: Path) -> dict:
@@ -195,10 +213,12 @@ def prepare(args: argparse.Namespace, config: Path, out: Path) -> dict:
                                             "--save_ckpt_every", epochs, "--device", args.device, "--num_workers", 0,
                                             *extra, "--overwrite"])
     epochs, per_epoch = epochs_for(args.steps, train_slices, recipe_batch(config))
+    shutil.rmtree(out / "brasyn", ignore_errors=True)  # no held-out case of an earlier run with other --test_cases
     timings["drop"] = run_step(f"{MISSING} dropped from the test cases", "brasyn.py",
                                ["drop", "--input", cases, "--split_file", cases / "splits" / "test.list",
                                 "--missing", MISSING, "--out", out / "brasyn" / "val", "--truth",
                                 out / "brasyn" / "truth", "--overwrite"])
+    drop_extra_test_cases(args, out, timings)
     copy_training_cases(cases, out / "seg_train")
     if "refined" in args.variants:
         timings["refine"] = run_step(f"refiner of {EXP}, {args.refiner_steps} steps", "brasyn.py",
@@ -442,6 +462,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "recipe": json.loads(config.read_text()), "normalize": NORMALIZE, "missing": MISSING,
         "model_resolution": resolution, "middle_slices": middle, "epochs": run["epochs"], "steps": run["steps"],
         "train_slices": run["train_slices"], "test_cases": len(case_folders(out / "brasyn" / "truth", "--truth")),
+        "extra_test_cases": args.test_cases,
         "segmenter": {"epochs": args.seg_epochs, "image_size": args.seg_image_size, "channels": args.seg_channels,
                       "train": "the training split's cases"},
         "refiner": {"steps": args.refiner_steps,

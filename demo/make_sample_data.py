@@ -628,6 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="voxels across the 240 mm field of view")
     p.add_argument("--depth", type=int, default=None, help="axial slices (default: 155 mm worth at that spacing)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed + i")
+    p.add_argument("--first_case", type=int, default=1, metavar="N",
+                   help="number in the first case's name (more cases beside an earlier set get names of their own)")
     p.add_argument("--layout", choices=["brats", *BRATS_NAMINGS, "isles"], default="brats",
                    help="brats (= brats2019), brats2021, brats2023: gliomas in that BraTS release's file names and "
                         "label values; isles: infarcts, ISLES 2015 SISS files with DWI")
@@ -643,12 +645,13 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     from tqdm import tqdm
 
     args = build_parser().parse_args(argv)
-    if args.cases < 1:
-        raise UserError("--cases must be at least 1")
+    if args.cases < 1 or args.first_case < 1:
+        raise UserError("--cases and --first_case must be at least 1")
     out = Path(args.out)
     brats = args.layout != "isles"
     naming = "brats2019" if args.layout == "brats" else args.layout
-    ids = [case_name(i + 1, naming) if brats else str(i + 1) for i in range(args.cases)]
+    numbers = range(args.first_case, args.first_case + args.cases)
+    ids = [case_name(n, naming) if brats else str(n) for n in numbers]
     existing = [i for i in ids if (out / i).exists()]
     if existing and not args.overwrite:
         raise UserError(f"{out} already holds case {existing[0]}; pass --overwrite or choose another --out")
@@ -660,7 +663,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         if first is None:
             first = generated  # kept for the figure
         folders.append(write_brats_case(case_id, out, *generated, naming) if brats
-                       else write_isles_case(i + 1, out, *generated))
+                       else write_isles_case(numbers[i], out, *generated))
     if not args.no_splits:
         print(f"split lists: {write_split_lists(ids, out / 'splits')}")
     if args.figure:

@@ -62,8 +62,9 @@ def _check_variant(summary: dict, goals: dict) -> None:
 
 
 def test_volume_benchmark_smoke_run(tmp_path: Path) -> None:
-    """One training step per model (and for the refiner, on a fourth case outside the split) on three 32-voxel
-    cases, a one-epoch segmenter: the JSON is complete, the ceiling beats the one-step models, the figure is drawn."""
+    """One training step per model (and for the refiner, on a case outside the split) on three 32-voxel cases, one
+    more held out, a one-epoch segmenter: the JSON is complete, the ceiling beats the one-step models, the figure is
+    drawn."""
     recipe = tmp_path / "tiny.json"
     recipe.write_text(json.dumps(TINY_RECIPE))
     out = tmp_path / "volumes"
@@ -71,7 +72,7 @@ def test_volume_benchmark_smoke_run(tmp_path: Path) -> None:
                              "--cases", "3", "--volume_size", "32", "--slices", "4", "--seg_epochs", "1",
                              "--seg_image_size", "32", "--seg_channels", "8", "16", "--threads", "1", "--slices_all",
                              "--variants", "refined", "--refiner_steps", "1", "--refiner_cases", "1",
-                             "--device", "cpu", "--out", str(out)],
+                             "--test_cases", "1",                             "--device", "cpu", "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "volumes.json").read_text())
@@ -82,10 +83,15 @@ def test_volume_benchmark_smoke_run(tmp_path: Path) -> None:
     refiner = json.loads((out / "results" / EXP / "refiner.json").read_text())
     assert Path(refiner["train"]) == out / "refiner_train" and len(refiner["cases"]) == 1  # a case outside the split
     assert report["refiner"] == {"steps": 1, "train": "1 phantom case outside the split"}
-    assert report["steps"] == 1 and report["model_resolution"] == 64 and report["test_cases"] == 1
+    assert report["steps"] == 1 and report["model_resolution"] == 64 and report["test_cases"] == 2
+    # The test split's case and the extra one, named after the benchmark's own cases, both completed and segmented.
+    held_out = {"BraTS-GLI-00003-000", "BraTS-GLI-00004-000"}
+    assert report["extra_test_cases"] == 1 and set(report["variants"]["refined"]["slices"]) == held_out
+    assert report["variants"]["refined"]["segmentation"]["cases"] == 2
     assert report["machine"]["cpu"] and report["machine"]["cpu_count"] >= 1
-    assert len(report["middle_slices"]) == 2 and report["variants"]["slices_all"]["slices_outside_training"] == {
-        case: 0 for case in report["variants"]["slices_all"]["slices"]}  # trained on every brain slice
+    # Trained on every brain slice, against 4 middle ones: a new case's brain may still reach a slice further.
+    every, middle = (report["variants"][v]["slices_outside_training"] for v in ("slices_all", "refined"))
+    assert len(report["middle_slices"]) == 2 and all(every[case] < middle[case] for case in held_out)
     for variant in report["variants"]:
         _check_variant(report["variants"][variant], report["goals"][variant])
     assert set(report["goals_against_ceiling"]) == {"refined", "slices_all"} and all(

@@ -116,6 +116,20 @@ def test_seed_reproduces_and_varies() -> None:
     assert np.abs(a["t2"].astype(float) - c["t2"]).mean() > 10
 
 
+def test_first_case_names_more_cases_beside_an_earlier_set(tmp_path: Path) -> None:
+    """--first_case N numbers the names from N, so more cases join an earlier set without a clash; the seed still
+    decides the voxels; a number below 1 is a one-line error."""
+    common = ["--out", str(tmp_path), "--cases", "1", "--size", "32", "--depth", "12", "--no_splits"]
+    phantom.main([*common, "--seed", "5"])
+    (extra,) = phantom.main([*common, "--seed", "5", "--first_case", "4"])
+    assert extra.name == phantom.case_name(4) and sorted(p.name for p in tmp_path.iterdir()) == [
+        phantom.case_name(1), phantom.case_name(4)]
+    first = np.asarray(nib.load(tmp_path / phantom.case_name(1) / f"{phantom.case_name(1)}_t1.nii.gz").dataobj)
+    assert np.array_equal(first, np.asarray(nib.load(extra / f"{extra.name}_t1.nii.gz").dataobj))
+    with pytest.raises(UserError, match="--first_case"):
+        phantom.main([*common, "--first_case", "0"])
+
+
 def test_isles_case_layout_and_infarct(tmp_path: Path) -> None:
     """SISS names (VSD.Brain.XX.O.MR_<c>.<id>/...nii and the OT label); the infarct is bright on DWI and FLAIR."""
     folder = phantom.make_isles_case(4, tmp_path, size=64, seed=4, depth=40)
