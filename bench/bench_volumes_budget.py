@@ -1,6 +1,6 @@
 """Budget curves of the volume benchmark: how the goals' numbers move with the training steps.
 
-    B=bench/results; python bench/bench_volumes_budget.py --runs $B/volumes_504 $B/volumes_1008 $B/volumes_long
+    B=bench/results; python bench/bench_volumes_budget.py --runs $B/volumes_504 $B/volumes_1512 $B/volumes_2400
 
 Reads the volumes.json of several bench/bench_volumes.py runs that differ in --steps and, for every completion they
 all hold, plots against the steps: the completed/real Dice of whole tumour, tumour core and enhancing tumour (with
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -125,8 +126,10 @@ def draw_budget(table: dict, path: Path) -> None:
             for name, value in goal_lines.items():
                 ax.axhline(value, color="grey", linestyle=":", linewidth=1)
                 ax.annotate(name, (0.01, value), xycoords=("axes fraction", "data"), fontsize=7, color="grey")
-            ax.set_title(f"{key.replace('_', ' ')}: {title}", fontsize=8)
+            ax.set_title(title, fontsize=8)
             ax.set_xlabel("training steps", fontsize=8)
+            if col == 0:
+                ax.set_ylabel(textwrap.fill(key.replace("_", " "), 32), fontsize=8)
             ax.legend(fontsize=7)
     fig.suptitle("volume benchmark against the training budget (solid: completion; dashed: resolution ceiling)",
                  fontsize=9)
