@@ -4,6 +4,7 @@ import gzip
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -92,6 +93,10 @@ def test_dice_and_hd95_through_monai() -> None:
     dice, hd95 = scorer(shifted, truth, spacing)
     assert dice == pytest.approx(2 * 36 / 96) and hd95 == pytest.approx(2.0)
     assert scorer(shifted, truth, spacing)[1] == pytest.approx(2.0)  # the metrics are reset between calls
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scorer(shifted, truth, spacing)
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)]  # no MONAI deprecation in the output
 
 
 def test_input_versions_differ_only_in_the_missing_channel(data: dict) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -34,6 +35,9 @@ class RegionScorer:
             # MONAI gives inf/NaN with a warning here; BraTS scores it as no error or as the worst possible one.
             diagonal = math.dist([0.0] * truth.ndim, [n * s for n, s in zip(truth.shape, spacing)])
             return dice, 0.0 if predicted.any() == truth.any() else diagonal
-        hd95 = float(self.hd95(pred, true, spacing=list(spacing)).item())
+        with warnings.catch_warnings():
+            # MONAI 1.5+ passes its own deprecated argument to get_mask_edges inside this metric; nothing to act on.
+            warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+            hd95 = float(self.hd95(pred, true, spacing=list(spacing)).item())
         self.hd95.reset()
         return dice, hd95
