@@ -160,17 +160,23 @@ def copy_training_cases(cases: Path, dest: Path) -> None:
         shutil.copytree(cases / name, dest / name)
 
 
+def new_phantom_cases(args: argparse.Namespace, folder: Path, count: int, purpose: str, seed: int,
+                      extra: Sequence[object] = ()) -> float:
+    """`count` phantom cases beside the benchmark's own (no split lists) in a fresh `folder`; the seconds taken."""
+    shutil.rmtree(folder, ignore_errors=True)
+    return run_step(f"{count} phantom cases {purpose}", "demo/make_sample_data.py",
+                    ["--out", folder, "--layout", "brats2023", "--cases", count, "--volume_size", args.volume_size,
+                     "--seed", seed, *extra, "--skull_strip", "--no_splits"])
+
+
 def refiner_training_cases(args: argparse.Namespace, out: Path, timings: dict[str, float]) -> Path:
     """The refiner's --train: the training split's cases, or with --refiner_cases N that many new phantom cases
     (the seeds after the benchmark's own), so the refiner learns from syntheses as good as a test case's."""
     if not args.refiner_cases:
         return out / "seg_train"
     folder = out / "refiner_train"
-    shutil.rmtree(folder, ignore_errors=True)
-    timings["phantom_refiner"] = run_step(
-        f"{args.refiner_cases} phantom cases for the refiner only", "demo/make_sample_data.py",
-        ["--out", folder, "--layout", "brats2023", "--cases", args.refiner_cases, "--volume_size", args.volume_size,
-         "--seed", args.seed + args.cases + args.test_cases, "--skull_strip", "--no_splits"])
+    timings["phantom_refiner"] = new_phantom_cases(args, folder, args.refiner_cases, "for the refiner only",
+                                                   args.seed + args.cases + args.test_cases)
     return folder
 
 
@@ -180,11 +186,8 @@ def drop_extra_test_cases(args: argparse.Namespace, out: Path, timings: dict[str
     if not args.test_cases:
         return
     folder = out / "test_extra"
-    shutil.rmtree(folder, ignore_errors=True)
-    timings["phantom_test"] = run_step(
-        f"{args.test_cases} more held-out phantom cases", "demo/make_sample_data.py",
-        ["--out", folder, "--layout", "brats2023", "--cases", args.test_cases, "--volume_size", args.volume_size,
-         "--seed", args.seed + args.cases, "--first_case", args.cases + 1, "--skull_strip", "--no_splits"])
+    timings["phantom_test"] = new_phantom_cases(args, folder, args.test_cases, "held out beside the test split",
+                                                args.seed + args.cases, ["--first_case", args.cases + 1])
     timings["drop_extra"] = run_step(f"{MISSING} dropped from them", "brasyn.py",
                                      ["drop", "--input", folder, "--missing", MISSING, "--out", out / "brasyn" / "val",
                                       "--truth", out / "brasyn" / "truth", "--overwrite"])

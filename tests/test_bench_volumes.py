@@ -72,7 +72,7 @@ def test_volume_benchmark_smoke_run(tmp_path: Path) -> None:
                              "--cases", "3", "--volume_size", "32", "--slices", "4", "--seg_epochs", "1",
                              "--seg_image_size", "32", "--seg_channels", "8", "16", "--threads", "1", "--slices_all",
                              "--variants", "refined", "--refiner_steps", "1", "--refiner_cases", "1",
-                             "--test_cases", "1",                             "--device", "cpu", "--out", str(out)],
+                             "--test_cases", "1", "--device", "cpu", "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "volumes.json").read_text())
