@@ -34,7 +34,9 @@ from demo.steps import (  # noqa: E402
     add_budget_args,
     add_machine_args,
     epochs_for,
+    recipe_at_size,
     recipe_batch,
+    recipe_size,
     run_step,
 )
 from utils.brasyn.cases import (  # noqa: E402
@@ -101,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add_budget_args(parser, "volumes", steps=504, cases=9, seed=0)
     parser.add_argument("--volume_size", type=int, default=96, help="phantom voxels across the field of view")
+    parser.add_argument("--image_size", type=int, default=None,
+                        help="model slice size (default: the recipe's; another writes a scaled copy of the recipe "
+                             "to --out, attention at the same depth; --volume_size gives a ceiling of the truth)")
     parser.add_argument("--seg_epochs", type=int, default=10, help="brasyn.py segment --epochs")
     parser.add_argument("--seg_image_size", type=int, default=64, help="brasyn.py segment --image_size")
     parser.add_argument("--seg_channels", type=int, nargs="+", default=None,
@@ -204,7 +209,7 @@ def prepare(args: argparse.Namespace, config: Path, out: Path) -> dict:
         timings[f"preprocess_{folder.name}"] = run_step(
             f"preprocessing, {count} slices per case", "pre_process.py",
             ["--layout", "brats2023", "--input", cases, "--split_file", cases / "splits", "--output", folder,
-             "--slices", count, "--image_size", 64, "--normalize", NORMALIZE, "--overwrite"])
+             "--slices", count, "--image_size", recipe_size(config), "--normalize", NORMALIZE, "--overwrite"])
     train_slices = len(np.load(slices / "train" / "T1ce.npy", mmap_mode="r"))
     for exp, (folder, extra) in sorted(runs.items()):
         # The same number of generator steps for every model, however many slices it trains on.
@@ -438,10 +443,10 @@ def print_report(report: dict, out: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the whole benchmark and write volumes.json and volumes.png."""
     args = build_parser().parse_args(argv)
-    config = Path(args.config).resolve()
+    out = Path(args.out).resolve()
+    config = recipe_at_size(Path(args.config).resolve(), args.image_size, out)
     recipe_batch(config)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    out = Path(args.out).resolve()
     started = time.time()
     run = prepare(args, config, out)
     base = json.loads((out / "results" / EXP / CONFIG_NAME).read_text())

@@ -33,14 +33,43 @@ def run_step(title: str, script: str, flags: Sequence[object]) -> float:
     return seconds
 
 
-def recipe_batch(config: Path) -> int:
-    """The recipe file's batch_size (UserError when the file or the key is missing)."""
+def recipe_value(config: Path, key: str) -> object:
+    """One setting of the recipe file (UserError when the file or the key is missing)."""
     if not config.is_file():
         raise UserError(f"--config {config}: no such file")
     values = json.loads(config.read_text())
-    if "batch_size" not in values:
-        raise UserError(f"{config} sets no 'batch_size'; the benchmark needs it")
-    return int(values["batch_size"])
+    if key not in values:
+        raise UserError(f"{config} sets no '{key}'; the benchmark needs it")
+    return values[key]
+
+
+def recipe_batch(config: Path) -> int:
+    """The recipe file's batch_size (UserError when the file or the key is missing)."""
+    return int(recipe_value(config, "batch_size"))
+
+
+def recipe_size(config: Path) -> int:
+    """The recipe file's image_size, the slice size its networks are built for."""
+    return int(recipe_value(config, "image_size"))
+
+
+def recipe_at_size(config: Path, image_size: int | None, folder: Path) -> Path:
+    """The recipe file, or with `image_size` a copy at that slice size written to `folder`, with its attention at
+    the same depth of the network (attn_resolutions scaled alike); UserError when no such network exists."""
+    base = recipe_size(config)
+    if image_size is None or image_size == base:
+        return config
+    values = json.loads(config.read_text())
+    levels = len(recipe_value(config, "ch_mult")) - 1
+    scaled = [r * image_size / base for r in values.get("attn_resolutions", [])]
+    if image_size < 8 or image_size % 2 ** levels or any(r != int(r) for r in scaled):
+        raise UserError(f"--image_size {image_size}: {config} (image_size {base}, {levels + 1} levels) does not "
+                        f"scale to it; use a multiple of {2 ** levels} that keeps its attention resolutions whole")
+    values.update(image_size=image_size, attn_resolutions=[int(r) for r in scaled])
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"recipe_{image_size}.json"
+    path.write_text(json.dumps(values, indent=2) + "\n")
+    return path
 
 
 def epochs_for(steps: int, train_slices: int, batch: int) -> tuple[int, int]:

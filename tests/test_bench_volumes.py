@@ -6,9 +6,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_volumes import CEILING, CEILING_GOALS, EXP, GOALS, VARIANTS, ceiling_goals, variants
+import pytest
+from bench_volumes import (
+    CEILING,
+    CEILING_GOALS,
+    EXP,
+    GOALS,
+    VARIANTS,
+    ceiling_goals,
+    variants,
+)
 from conftest import TINY_RECIPE
 
+from demo.steps import recipe_at_size
+from utils.core.errors import UserError
 from utils.eval.coherence import COHERENCE_COLUMNS
 from utils.seg.cases import VERSIONS
 
@@ -24,6 +35,21 @@ def test_context_slices_adds_a_variant_with_its_own_model() -> None:
     assert list(extra)[:len(VARIANTS)] == list(VARIANTS) and extra["context_slices_2"] == (f"{EXP}_context2", [])
     assert extra["slices_all"] == (f"{EXP}_all", [])
     assert list(variants(0, chosen=["shared_noise"])) == ["shared_noise"]
+
+
+def test_recipe_at_size_scales_attention_and_refuses_sizes_the_network_cannot_take(tmp_path: Path) -> None:
+    """The recipe itself at its own size; a copy at another, attention at the same depth; one-line errors for a size
+    the downsampling levels or the attention resolutions cannot divide."""
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({**TINY_RECIPE, "ch_mult": [1, 2, 2], "attn_resolutions": [8]}))
+    assert recipe_at_size(recipe, None, tmp_path / "out") == recipe == recipe_at_size(recipe, 64, tmp_path / "out")
+    scaled = json.loads(recipe_at_size(recipe, 96, tmp_path / "out").read_text())
+    assert scaled == {**json.loads(recipe.read_text()), "image_size": 96, "attn_resolutions": [12]}
+    for size, why in ((98, "multiple of 4"), (68, "attention")):
+        with pytest.raises(UserError, match=f"--image_size {size}.*{why}"):
+            recipe_at_size(recipe, size, tmp_path / "out")
+    with pytest.raises(UserError, match="no such file"):
+        recipe_at_size(tmp_path / "missing.json", 96, tmp_path / "out")
 
 
 def _summary(gradient: float, inside: float, outside: float, spread: float | None) -> dict:
@@ -63,16 +89,17 @@ def _check_variant(summary: dict, goals: dict) -> None:
 
 def test_volume_benchmark_smoke_run(tmp_path: Path) -> None:
     """One training step per model (and for the refiner, on a case outside the split) on three 32-voxel cases, one
-    more held out, a one-epoch segmenter: the JSON is complete, the ceiling beats the one-step models, the figure is
-    drawn."""
+    more held out, a one-epoch segmenter, the recipe scaled by --image_size: the JSON is complete, the ceiling beats
+    the one-step models, the figure is drawn."""
     recipe = tmp_path / "tiny.json"
-    recipe.write_text(json.dumps(TINY_RECIPE))
+    # At twice the size asked for: the benchmark trains and scores a copy scaled to --image_size 64.
+    recipe.write_text(json.dumps({**TINY_RECIPE, "image_size": 128, "attn_resolutions": [32]}))
     out = tmp_path / "volumes"
     result = subprocess.run([sys.executable, "bench/bench_volumes.py", "--config", str(recipe), "--steps", "1",
-                             "--cases", "3", "--volume_size", "32", "--slices", "4", "--seg_epochs", "1",
-                             "--seg_image_size", "32", "--seg_channels", "8", "16", "--threads", "1", "--slices_all",
-                             "--variants", "refined", "--refiner_steps", "1", "--refiner_cases", "1",
-                             "--test_cases", "1", "--device", "cpu", "--out", str(out)],
+                             "--cases", "3", "--volume_size", "32", "--image_size", "64", "--slices", "4",
+                             "--seg_epochs", "1", "--seg_image_size", "32", "--seg_channels", "8", "16", "--threads",
+                             "1", "--slices_all", "--variants", "refined", "--refiner_steps", "1",
+                             "--refiner_cases", "1", "--test_cases", "1", "--device", "cpu", "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "volumes.json").read_text())
@@ -83,6 +110,8 @@ def test_volume_benchmark_smoke_run(tmp_path: Path) -> None:
     refiner = json.loads((out / "results" / EXP / "refiner.json").read_text())
     assert Path(refiner["train"]) == out / "refiner_train" and len(refiner["cases"]) == 1  # a case outside the split
     assert report["refiner"] == {"steps": 1, "train": "1 phantom case outside the split"}
+    assert report["recipe"] == {**TINY_RECIPE, "image_size": 64, "attn_resolutions": [16]}
+    assert json.loads((out / "recipe_64.json").read_text()) == report["recipe"]
     assert report["steps"] == 1 and report["model_resolution"] == 64 and report["test_cases"] == 2
     # The test split's case and the extra one, named after the benchmark's own cases, both completed and segmented.
     held_out = {"BraTS-GLI-00003-000", "BraTS-GLI-00004-000"}
