@@ -5,7 +5,8 @@
 Reads the volumes.json of several bench/bench_volumes.py runs that differ in --steps and, for every completion they
 all hold, plots against the steps: the completed/real Dice of whole tumour, tumour core and enhancing tumour (with
 the goals' 95 % and 90 % lines), SSIM in the three planes, the through-plane/in-plane gradient ratio and the
-edge-slice brightness spread over the middle slices' (the goal's 2), each beside the resolution ceiling's (the truth
+edge-slice brightness spread over the middle slices' (the goal's 2), of the per-slice ratio and of the offset in
+units of the volume's brightness, each beside the resolution ceiling's (the truth
 at the model's resolution and back). A refined completion is only compared with refined ones of the same refiner
 settings. Writes --out/budget.json (every number plotted, the goals met per run) and --out/budget.png.
 """
@@ -33,7 +34,8 @@ PANELS = {
     "completed / real Dice": ({r: ("dice", r) for r in REGIONS}, {"WT goal 0.95": 0.95, "TC, ET goal 0.90": 0.90}),
     "SSIM (model resolution)": ({p: ("coherence", f"ssim_{p}") for p in PLANES}, {}),
     "gradient ratio through / in plane": ({"gradient ratio": ("coherence", "gradient_ratio")}, {"truth": 1.0}),
-    "brightness spread outside / inside": ({"spread ratio": ("spread",)}, {"goal 2": 2.0}),
+    "brightness spread outside / inside": ({"of the ratio": ("spread", "brightness_ratio_std"),
+                                            "of the offset": ("spread", "brightness_offset_std")}, {"goal 2": 2.0}),
 }
 
 
@@ -62,13 +64,14 @@ def variant_key(report: dict, variant: str) -> str:
 
 
 def read_value(summary: dict, path: tuple[str, ...]) -> float | None:
-    """One plotted number of a variant's summary: a Dice ratio, a coherence mean or the spread ratio."""
+    """One plotted number of a variant's summary: a Dice ratio, a coherence mean or a spread's outside / inside
+    (None where the run predates the column)."""
     if path[0] == "dice":
         return summary["segmentation"]["ratio_completed_to_real"][CONVENTION][f"dice_{path[1]}"]
     means = {c: v["mean"] for c, v in summary["coherence"].items()}
     if path[0] == "coherence":
         return means[path[1]]
-    inside, outside = means["brightness_ratio_std_inside"], means["brightness_ratio_std_outside"]
+    inside, outside = means.get(f"{path[1]}_inside"), means.get(f"{path[1]}_outside")
     return None if not inside or outside is None else outside / inside
 
 

@@ -12,8 +12,10 @@ from bench_volumes import (
     CEILING_GOALS,
     EXP,
     GOALS,
+    OFFSET_GOALS,
     VARIANTS,
     ceiling_goals,
+    offset_goals,
     variants,
 )
 from conftest import TINY_RECIPE
@@ -57,7 +59,7 @@ def _summary(gradient: float, inside: float, outside: float, spread: float | Non
     means = {"gradient_ratio": gradient, "ssim_axial_inside": inside, "ssim_axial_outside": outside,
              "brightness_ratio_std_outside": spread}
     columns = ("ssim_axial", "ssim_coronal", "ssim_sagittal", "brightness_ratio_inside", "brightness_ratio_outside",
-               "brightness_ratio_std_inside")
+               "brightness_ratio_std_inside", "brightness_offset_std_inside", "brightness_offset_std_outside")
     return {"coherence": {c: {"mean": means.get(c)} for c in (*means, *columns)}}
 
 
@@ -68,6 +70,17 @@ def test_goals_against_the_ceiling_read_what_a_flawless_model_at_that_resolution
     assert ceiling_goals(_summary(1.11, 0.90, 0.86, 0.20), ceiling) == dict.fromkeys(CEILING_GOALS, True)
     assert ceiling_goals(_summary(1.14, 0.90, 0.80, 0.30), ceiling) == dict.fromkeys(CEILING_GOALS, False)
     assert not any(ceiling_goals(_summary(1.10, 0.9, None, None), _summary(0.0, 0.9, 0.9, 0.1)).values())
+
+
+def test_offset_goal_reads_the_spread_in_units_of_the_volume_brightness() -> None:
+    """The offset spread outside at most twice inside passes, wider fails, a missing number fails; the ratio
+    spreads do not enter it."""
+    summary = _summary(1.0, 0.9, 0.9, 5.0)
+    offsets = summary["coherence"]
+    for outside, met in ((0.019, True), (0.021, False), (None, False)):
+        offsets["brightness_offset_std_inside"]["mean"] = 0.01
+        offsets["brightness_offset_std_outside"]["mean"] = outside
+        assert offset_goals(summary) == dict.fromkeys(OFFSET_GOALS, met)
 
 
 def _check_variant(summary: dict, goals: dict) -> None:
@@ -123,6 +136,8 @@ def test_volume_benchmark_smoke_run(tmp_path: Path) -> None:
     assert len(report["middle_slices"]) == 2 and all(every[case] < middle[case] for case in held_out)
     for variant in report["variants"]:
         _check_variant(report["variants"][variant], report["goals"][variant])
+    assert set(report["offset_goals"]) == set(report["goals"]) and all(
+        set(met) == set(OFFSET_GOALS) for met in report["offset_goals"].values())
     assert set(report["goals_against_ceiling"]) == {"refined", "slices_all"} and all(
         set(met) == set(CEILING_GOALS) for met in report["goals_against_ceiling"].values())
     assert (out / "volumes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

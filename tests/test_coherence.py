@@ -100,3 +100,19 @@ def test_slices_outside_the_trained_range_are_scored_apart() -> None:
                                                                                                       "_outside")))
     everything = coherence_metrics(truth, synth, brain, trained=(0, 23))
     assert math.isnan(everything["ssim_axial_outside"]) and everything["ssim_axial_inside"] == metrics["ssim_axial"]
+
+
+def test_brightness_offset_spread_is_not_inflated_by_a_nearly_dark_truth_slice() -> None:
+    """The same small brightness error on every slice: where the truth's end slice is nearly dark, the per-slice
+    ratio's spread explodes and the offset's (in units of the volume's brightness) does not; a real swing shows in
+    both."""
+    truth, brain = _smooth_volume()
+    end = int(np.flatnonzero(brain.any(axis=(0, 1)))[0])
+    truth[:, :, end] *= 0.01
+    synth = np.clip(truth + 0.02 * brain, 0, 1)
+    even = coherence_metrics(truth, synth, brain, trained=(end + 1, 23))
+    assert even["brightness_ratio_std"] > 0.3 and even["brightness_offset_std"] < 0.01
+    assert even["brightness_offset_std_outside"] == pytest.approx(0, abs=1e-6)
+    swinging = synth.copy()
+    swinging[:, :, 8] = np.clip(swinging[:, :, 8] * 1.5, 0, 1)
+    assert coherence_metrics(truth, swinging, brain)["brightness_offset_std"] > 0.05

@@ -15,10 +15,10 @@ PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}
 
 
 COHERENCE_COLUMNS = ("ssim_axial", "ssim_coronal", "ssim_sagittal", "brightness_ratio", "brightness_ratio_std",
-                     "brightness_step", "gradient_ratio")
+                     "brightness_step", "brightness_offset_std", "gradient_ratio")
 # The same axial numbers split by where a slice lies against the slice range the model was trained on.
 RANGE_COLUMNS = tuple(f"{metric}_{side}" for side in ("inside", "outside")
-                      for metric in ("ssim_axial", "brightness_ratio", "brightness_ratio_std"))
+                      for metric in ("ssim_axial", "brightness_ratio", "brightness_ratio_std", "brightness_offset_std"))
 
 
 COHERENCE_METRICS = {
@@ -28,12 +28,16 @@ COHERENCE_METRICS = {
     "brightness_ratio": "mean over axial slices with brain of (synthesis brain mean) / (truth brain mean)",
     "brightness_ratio_std": "standard deviation of that per-slice ratio over the slices",
     "brightness_step": "mean |difference| of that ratio between neighbouring axial slices (stripes make it large)",
+    "brightness_offset_std": "standard deviation over axial slices with brain of (synthesis brain mean - truth brain "
+                             "mean) / the truth's mean over the whole brain: the brightness spread in units of the "
+                             "volume's brightness, which a slice whose truth is nearly dark cannot inflate",
     "gradient_ratio": "(mean |through-plane difference| / mean |in-plane difference|) of the synthesis divided by "
                       "the same of the truth, over neighbouring brain voxels: 1 = as smooth across slices as the "
                       "truth, above 1 = stripes",
-    "<metric>_inside, <metric>_outside": "ssim_axial, brightness_ratio and brightness_ratio_std over the axial "
-                                          "slices inside / outside the slice range the model was trained on "
-                                          "(brasyn_report.json of complete records it); NaN where unknown or none",
+    "<metric>_inside, <metric>_outside": "ssim_axial, brightness_ratio, brightness_ratio_std and "
+                                          "brightness_offset_std over the axial slices inside / outside the slice "
+                                          "range the model was trained on (brasyn_report.json of complete records "
+                                          "it); NaN where unknown or none",
     "coherence_resolution": "the axial grid these are computed on: native, or N with --model_resolution N (each "
                             "axial plane resized to N x N first, as pre_process.py resizes, the brain mask nearest)",
 }
@@ -86,6 +90,16 @@ def slice_brightness_ratios(truth: np.ndarray, synth: np.ndarray, brain: np.ndar
         return np.where(truth_means > 0, slice_means(synth, brain, slices) / truth_means, math.nan)
 
 
+def slice_brightness_offsets(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Per axial slice with brain: (synthesis brain mean - truth brain mean) / the truth's whole-brain mean (NaN
+    where that mean is 0)."""
+    slices = np.flatnonzero(brain.any(axis=(0, 1)))
+    scale = float(truth[brain].mean()) if brain.any() else 0.0
+    if scale <= 0:
+        return np.full(len(slices), math.nan)
+    return (slice_means(synth, brain, slices) - slice_means(truth, brain, slices)) / scale
+
+
 def brightness_steps(ratios: np.ndarray) -> float:
     """Mean |step| of a per-slice ratio between neighbouring slices (NaN with fewer than two finite ratios)."""
     steps = np.abs(np.diff(ratios))
@@ -129,17 +143,19 @@ def in_slice_range(indices: np.ndarray, trained: Sequence[int]) -> np.ndarray:
     return (indices >= trained[0]) & (indices <= trained[1])
 
 
-def range_metrics(axial: tuple[np.ndarray, np.ndarray], ratios: np.ndarray, slices: np.ndarray,
+def range_metrics(axial: tuple[np.ndarray, np.ndarray], ratios: np.ndarray, offsets: np.ndarray, slices: np.ndarray,
                   trained: Sequence[int] | None) -> dict[str, float]:
-    """RANGE_COLUMNS: axial SSIM and brightness ratio of the slices inside and outside the trained [first, last]."""
+    """RANGE_COLUMNS: axial SSIM, brightness ratio and offset of the slices inside and outside the trained
+    [first, last]."""
     if trained is None:
         return dict.fromkeys(RANGE_COLUMNS, math.nan)
     result = {}
     for side, keep in (("inside", True), ("outside", False)):
         scores = axial[1][in_slice_range(axial[0], trained) == keep]
         result[f"ssim_axial_{side}"] = float(scores.mean()) if scores.size else math.nan
-        side_ratios = ratios[in_slice_range(slices, trained) == keep]
-        result[f"brightness_ratio_{side}"], result[f"brightness_ratio_std_{side}"] = _mean_std(side_ratios)
+        chosen = in_slice_range(slices, trained) == keep
+        result[f"brightness_ratio_{side}"], result[f"brightness_ratio_std_{side}"] = _mean_std(ratios[chosen])
+        result[f"brightness_offset_std_{side}"] = _mean_std(offsets[chosen])[1]
     return result
 
 
@@ -158,7 +174,9 @@ def coherence_metrics(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, s
     ratios = slice_brightness_ratios(truth, synth, brain)
     result["brightness_ratio"], result["brightness_ratio_std"] = _mean_std(ratios)
     result["brightness_step"] = brightness_steps(ratios)
+    offsets = slice_brightness_offsets(truth, synth, brain)
+    result["brightness_offset_std"] = _mean_std(offsets)[1]
     truth_ratio = through_plane_ratio(truth, brain)
     result["gradient_ratio"] = through_plane_ratio(synth, brain) / truth_ratio if truth_ratio > 0 else math.nan
     slices = np.flatnonzero(brain.any(axis=(0, 1)))
-    return {**result, **range_metrics(planes["axial"], ratios, slices, trained)}
+    return {**result, **range_metrics(planes["axial"], ratios, offsets, slices, trained)}
