@@ -323,6 +323,12 @@ def _outside_gap(mean: dict[str, float | None]) -> float | None:
     return None if inside is None or outside is None else inside - outside
 
 
+def _spread_at_most_twice_inside(mean: dict[str, float | None], column: str) -> bool:
+    """mean <column>_outside <= 2 x mean <column>_inside (False when either is missing)."""
+    inside, outside = mean[f"{column}_inside"], mean[f"{column}_outside"]
+    return inside is not None and outside is not None and outside <= 2 * inside
+
+
 def goals(summary: dict) -> dict[str, bool]:
     """GOALS evaluated on one variant's summary (a missing number fails its goal)."""
     seg = summary["segmentation"][CONVENTION]
@@ -342,9 +348,7 @@ def goals(summary: dict) -> dict[str, bool]:
     result["gradient_ratio_within_2pct"] = _within(mean["gradient_ratio"], 1.0, 0.02)
     result["ssim_outside_within_0.03_of_inside"] = _within(mean["ssim_axial_outside"], mean["ssim_axial_inside"],
                                                            0.03)
-    inside, outside = mean["brightness_ratio_std_inside"], mean["brightness_ratio_std_outside"]
-    result["brightness_spread_outside_le_2x_inside"] = inside is not None and outside is not None and \
-        outside <= 2 * inside
+    result["brightness_spread_outside_le_2x_inside"] = _spread_at_most_twice_inside(mean, "brightness_ratio_std")
     return {name: bool(result[name]) for name in GOALS}
 
 
@@ -361,10 +365,8 @@ def ceiling_goals(summary: dict, ceiling: dict) -> dict[str, bool]:
 
 def offset_goals(summary: dict) -> dict[str, bool]:
     """OFFSET_GOALS evaluated on one variant's summary (a missing number fails its goal)."""
-    mean = _means(summary)
-    inside, outside = mean["brightness_offset_std_inside"], mean["brightness_offset_std_outside"]
-    return {"brightness_offset_spread_outside_le_2x_inside": inside is not None and outside is not None
-            and outside <= 2 * inside}
+    return {"brightness_offset_spread_outside_le_2x_inside": _spread_at_most_twice_inside(_means(summary),
+                                                                                           "brightness_offset_std")}
 
 
 def figure_case(truth: Path, completed: dict[str, Path]) -> dict:
@@ -420,6 +422,11 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _verdicts(met: dict[str, bool]) -> str:
+    """Each goal's name and yes or NO, comma-separated."""
+    return ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in met.items())
+
+
 def _range_line(c: dict[str, float | None]) -> str:
     """The inside/outside numbers of one variant's coherence means, as one printed line."""
     sides = ("inside", "outside")
@@ -451,13 +458,10 @@ def print_report(report: dict, out: Path) -> None:
         ratio = summary["segmentation"]["ratio_completed_to_real"][CONVENTION]
         print("  completed/real Dice: " + ", ".join(f"{r} {_fmt(ratio[f'dice_{r}'])}" for r in ("WT", "TC", "ET")))
         met = report["goals"][variant]
-        print(f"  goals met: {sum(met.values())} of {len(met)}; " + ", ".join(
-            f"{name} {'yes' if ok else 'NO'}" for name, ok in met.items()))
-        print("  in units of the volume's brightness: " + ", ".join(
-            f"{name} {'yes' if ok else 'NO'}" for name, ok in report["offset_goals"][variant].items()))
+        print(f"  goals met: {sum(met.values())} of {len(met)}; " + _verdicts(met))
+        print("  in units of the volume's brightness: " + _verdicts(report["offset_goals"][variant]))
         if variant in report["goals_against_ceiling"]:
-            print("  against the resolution ceiling: " + ", ".join(
-                f"{name} {'yes' if ok else 'NO'}" for name, ok in report["goals_against_ceiling"][variant].items()))
+            print("  against the resolution ceiling: " + _verdicts(report["goals_against_ceiling"][variant]))
     training = sum(seconds for step, seconds in report["seconds"].items() if step.startswith("train_"))
     print(f"\n{report['steps']} steps per model in {training / 60:.1f} min of training; "
           f"{report['seconds']['total'] / 60:.1f} min in all. Wrote {out / 'volumes.json'} and {out / 'volumes.png'}")

@@ -3,7 +3,6 @@ turn a benchmark's step budget into epochs of its recipe."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 import subprocess
@@ -13,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from utils.core.errors import UserError
+from utils.core.fileio import load_json, save_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,11 +33,16 @@ def run_step(title: str, script: str, flags: Sequence[object]) -> float:
     return seconds
 
 
-def recipe_value(config: Path, key: str) -> object:
-    """One setting of the recipe file (UserError when the file or the key is missing)."""
+def read_recipe(config: Path) -> dict:
+    """The recipe file's settings (UserError when the file is missing or not JSON)."""
     if not config.is_file():
         raise UserError(f"--config {config}: no such file")
-    values = json.loads(config.read_text())
+    return load_json(config, "give --config a recipe of train.py options, such as configs/quickstart.json")
+
+
+def recipe_value(config: Path, key: str, values: dict | None = None) -> object:
+    """One setting of the recipe file, or of its `values` already read (UserError when the file or key is missing)."""
+    values = read_recipe(config) if values is None else values
     if key not in values:
         raise UserError(f"{config} sets no '{key}'; the benchmark needs it")
     return values[key]
@@ -56,19 +61,18 @@ def recipe_size(config: Path) -> int:
 def recipe_at_size(config: Path, image_size: int | None, folder: Path) -> Path:
     """The recipe file, or with `image_size` a copy at that slice size written to `folder`, with its attention at
     the same depth of the network (attn_resolutions scaled alike); UserError when no such network exists."""
-    base = recipe_size(config)
+    values = read_recipe(config)
+    base = int(recipe_value(config, "image_size", values))
     if image_size is None or image_size == base:
         return config
-    values = json.loads(config.read_text())
-    levels = len(recipe_value(config, "ch_mult")) - 1
+    levels = len(recipe_value(config, "ch_mult", values)) - 1
     scaled = [r * image_size / base for r in values.get("attn_resolutions", [])]
     if image_size < 8 or image_size % 2 ** levels or any(r != int(r) for r in scaled):
         raise UserError(f"--image_size {image_size}: {config} (image_size {base}, {levels + 1} levels) does not "
                         f"scale to it; use a multiple of {2 ** levels} that keeps its attention resolutions whole")
     values.update(image_size=image_size, attn_resolutions=[int(r) for r in scaled])
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"recipe_{image_size}.json"
-    path.write_text(json.dumps(values, indent=2) + "\n")
+    save_json(values, path)
     return path
 
 

@@ -9,7 +9,7 @@ from utils.eval.coherence import (
     brightness_steps,
     coherence_metrics,
     plane_ssim_scores,
-    slice_brightness_ratios,
+    slice_brightness,
     through_plane_ratio,
 )
 
@@ -65,7 +65,7 @@ def test_only_planes_with_brain_count() -> None:
     synth[0] = 0.3
     for axis in (0, 1, 2):
         assert plane_ssim_scores(truth, synth, brain, axis)[1] == pytest.approx(1)
-    assert len(slice_brightness_ratios(truth, synth, brain)) == int(brain.any(axis=(0, 1)).sum())
+    assert all(len(values) == int(brain.any(axis=(0, 1)).sum()) for values in slice_brightness(truth, synth, brain))
     assert plane_ssim_scores(truth, synth, np.zeros_like(brain), 2)[1].size == 0
 
 

@@ -82,22 +82,16 @@ def slice_means(volume: np.ndarray, brain: np.ndarray, slices: Sequence[int]) ->
     return np.asarray(means)
 
 
-def slice_brightness_ratios(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """Per axial slice with brain: synthesis brain mean / truth brain mean (NaN where the truth's mean is 0)."""
+def slice_brightness(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per axial slice with brain: the ratio synthesis brain mean / truth brain mean (NaN where the truth's mean is
+    0) and the offset (synthesis - truth brain mean) / the truth's whole-brain mean (NaN where that mean is 0)."""
     slices = np.flatnonzero(brain.any(axis=(0, 1)))
-    truth_means = slice_means(truth, brain, slices)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(truth_means > 0, slice_means(synth, brain, slices) / truth_means, math.nan)
-
-
-def slice_brightness_offsets(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """Per axial slice with brain: (synthesis brain mean - truth brain mean) / the truth's whole-brain mean (NaN
-    where that mean is 0)."""
-    slices = np.flatnonzero(brain.any(axis=(0, 1)))
+    truth_means, synth_means = slice_means(truth, brain, slices), slice_means(synth, brain, slices)
     scale = float(truth[brain].mean()) if brain.any() else 0.0
-    if scale <= 0:
-        return np.full(len(slices), math.nan)
-    return (slice_means(synth, brain, slices) - slice_means(truth, brain, slices)) / scale
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(truth_means > 0, synth_means / truth_means, math.nan)
+    offsets = (synth_means - truth_means) / scale if scale > 0 else np.full(len(slices), math.nan)
+    return ratios, offsets
 
 
 def brightness_steps(ratios: np.ndarray) -> float:
@@ -171,10 +165,9 @@ def coherence_metrics(truth: np.ndarray, synth: np.ndarray, brain: np.ndarray, s
     planes = {plane: plane_ssim_scores(truth, synth, brain, axis) for plane, axis in PLANES.items()}
     result = {f"ssim_{plane}": float(scores.mean()) if scores.size else math.nan
               for plane, (_, scores) in planes.items()}
-    ratios = slice_brightness_ratios(truth, synth, brain)
+    ratios, offsets = slice_brightness(truth, synth, brain)
     result["brightness_ratio"], result["brightness_ratio_std"] = _mean_std(ratios)
     result["brightness_step"] = brightness_steps(ratios)
-    offsets = slice_brightness_offsets(truth, synth, brain)
     result["brightness_offset_std"] = _mean_std(offsets)[1]
     truth_ratio = through_plane_ratio(truth, brain)
     result["gradient_ratio"] = through_plane_ratio(synth, brain) / truth_ratio if truth_ratio > 0 else math.nan
